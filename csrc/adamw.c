@@ -1,0 +1,42 @@
+/* adamw.c: the optimizer's kernels; their contract is documented in femto/optim.py. */
+#include <math.h>
+
+#include "femto.h"
+
+void adamw_update(float* param, float* m, float* v, const float* grad, size_t N, float lr,
+                  float beta1, float beta2, float eps, float weight_decay, float grad_scale,
+                  int step) {
+    /* PyTorch's AdamW order: decoupled decay first, then the bias-corrected Adam step */
+    float correction1 = 1.0f - powf(beta1, (float)step);
+    float correction2 = 1.0f - powf(beta2, (float)step);
+    float decay = 1.0f - lr * weight_decay;
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < N; i++) {
+        float g = grad[i] * grad_scale;
+        float mi = beta1 * m[i] + (1.0f - beta1) * g;
+        float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
+        m[i] = mi;
+        v[i] = vi;
+        float mhat = mi / correction1;
+        float vhat = vi / correction2;
+        param[i] = param[i] * decay - lr * mhat / (sqrtf(vhat) + eps);
+    }
+}
+
+#define SUM_SQUARES_CHUNKS 64
+
+void sum_squares(float* out, const float* inp, size_t N) {
+    /* fixed chunks summed in a fixed order: the gradient norm does not depend on the thread count */
+    double partial[SUM_SQUARES_CHUNKS];
+    size_t chunk = (N + SUM_SQUARES_CHUNKS - 1) / SUM_SQUARES_CHUNKS;
+#pragma omp parallel for schedule(static)
+    for (size_t k = 0; k < SUM_SQUARES_CHUNKS; k++) {
+        size_t lo = k * chunk, hi = lo + chunk < N ? lo + chunk : N;
+        double acc = 0.0;
+        for (size_t i = lo; i < hi; i++) acc += (double)inp[i] * inp[i];
+        partial[k] = acc;
+    }
+    double total = 0.0;
+    for (size_t k = 0; k < SUM_SQUARES_CHUNKS; k++) total += partial[k];
+    out[0] = (float)total;
+}

@@ -1,0 +1,64 @@
+/* femto.h: every C kernel's prototype, and nothing else. build_ffi.py strips the '#' lines and feeds the
+ * rest to cffi's cdef, so this file is the single source of truth for the kernel ABI. Each op's shapes are
+ * written once, in the docstring of femto/ops/<op>.py (optimizer kernels: femto/optim.py). */
+#ifndef FEMTO_H
+#define FEMTO_H
+#include <stddef.h>
+#include <stdint.h>
+
+/* threads.c */
+void femto_set_num_threads(int n);
+int femto_get_num_threads(void);
+
+/* matmul.c: out = inp @ weight^T + bias (nn.Linear layout); bias, dinp, dweight, dbias may be NULL */
+void matmul_forward(float* out, const float* inp, const float* weight, const float* bias,
+                    size_t N, size_t C, size_t OC);
+void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                     const float* weight, size_t N, size_t C, size_t OC);
+
+/* embedding.c */
+void embedding_forward(float* out, const int32_t* ids, const float* weight, size_t N, size_t C);
+void embedding_backward(float* dweight, const float* dout, const int32_t* ids, size_t N, size_t V,
+                        size_t C);
+
+/* add.c: out[i] = a[i] + b[i % M] (M == N is a plain add; M < N broadcasts b over rows) */
+void add_forward(float* out, const float* a, const float* b, size_t N, size_t M);
+void add_backward(float* da, float* db, const float* dout, size_t N, size_t M);
+
+/* layernorm.c */
+void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
+                       const float* bias, size_t N, size_t C);
+void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
+                        const float* inp, const float* weight, const float* mean, const float* rstd,
+                        size_t N, size_t C);
+
+/* gelu.c */
+void gelu_forward(float* out, const float* inp, size_t N);
+void gelu_backward(float* dinp, const float* dout, const float* inp, size_t N);
+
+/* attention.c: causal multi-head self-attention over a fused qkv */
+void attention_forward(float* out, float* att, const float* qkv, size_t B, size_t T, size_t C,
+                       size_t NH);
+void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* att,
+                        const float* out, size_t B, size_t T, size_t C, size_t NH);
+/* generation with a key/value cache: forward only, it never runs under autograd */
+void attention_cached_forward(float* out, float* kcache, float* vcache, const float* qkv, size_t B,
+                              size_t T, size_t C, size_t NH, size_t pos, size_t TMAX);
+
+/* dropout.c: the keep mask is a hash of (seed, i), recomputed in backward instead of stored */
+void dropout_forward(float* out, const float* inp, size_t N, float p, uint32_t seed);
+void dropout_backward(float* dinp, const float* dout, size_t N, float p, uint32_t seed);
+
+/* crossentropy.c: fused log-softmax + cross-entropy, mean over the N rows */
+void crossentropy_forward(float* loss, float* logsumexp, const float* logits,
+                          const int32_t* targets, size_t N, size_t V);
+void crossentropy_backward(float* dlogits, const float* dloss, const float* logits,
+                           const int32_t* targets, const float* logsumexp, size_t N, size_t V);
+
+/* adamw.c: optimizer kernels (femto/optim.py) */
+void adamw_update(float* param, float* m, float* v, const float* grad, size_t N, float lr,
+                  float beta1, float beta2, float eps, float weight_decay, float grad_scale,
+                  int step);
+void sum_squares(float* out, const float* inp, size_t N);
+
+#endif

@@ -1,0 +1,68 @@
+"""The Backend protocol and the registry of backends, loaded lazily by name.
+
+A buffer is whatever the backend allocates (a flat numpy array on the CPU, a device buffer on OpenCL);
+code above this layer only passes buffers back to the backend that made them. No device is picked here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Protocol
+
+import numpy as np
+
+from femto.errors import BackendUnavailable
+
+DTYPES = {"float32": np.float32, "int32": np.int32}
+
+# name -> "module:Class"; the module is imported only when that backend is asked for
+BACKENDS = {
+    "cpu": "femto.backend.cpu:CPUBackend",
+    "opencl": "femto.backend.opencl:OpenCLBackend",
+}
+
+
+class Backend(Protocol):
+    name: str
+    device_name: str
+
+    def empty(self, n: int, dtype: str = "float32") -> Any: ...
+
+    def zeros(self, n: int, dtype: str = "float32") -> Any: ...
+
+    def from_numpy(self, array: np.ndarray) -> Any: ...
+
+    def to_numpy(self, buf: Any) -> np.ndarray: ...
+
+    def zero_(self, buf: Any) -> None: ...
+
+    def copy_(self, dst: Any, src: Any) -> None: ...
+
+    def run(self, name: str, *bufs: Any, **scalars: int | float) -> None: ...
+
+    def kernel_names(self) -> set[str]: ...
+
+    def synchronize(self) -> None: ...
+
+
+def get_backend(spec: str = "cpu", **options: Any) -> Backend:
+    """Build a backend from a spec like 'cpu', 'opencl' or 'opencl:P:D' (platform P, device D)."""
+    name, _, rest = spec.partition(":")
+    if name not in BACKENDS:
+        raise BackendUnavailable(
+            f"unknown device {spec!r}: expected one of {', '.join(sorted(BACKENDS))} "
+            "(or opencl:PLATFORM:DEVICE)"
+        )
+    module_name, class_name = BACKENDS[name].split(":")
+    module = importlib.import_module(module_name)
+    backend_class = getattr(module, class_name)
+    if rest:
+        options["device"] = rest
+    return backend_class(**options)
+
+
+def dtype_name(array: np.ndarray) -> str:
+    for name, dtype in DTYPES.items():
+        if array.dtype == dtype:
+            return name
+    raise TypeError(f"unsupported dtype {array.dtype}: femto buffers are float32 or int32")

@@ -1,0 +1,106 @@
+"""The CPU backend: flat numpy buffers, kernels from the cffi extension femto._cpu (csrc/*.c, OpenMP).
+
+It checks on import that the extension exists and was built from the sources beside it (in a source
+checkout), so a stale build fails loudly instead of running old kernels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pathlib
+from typing import Any
+
+import numpy as np
+
+from femto.backend.base import DTYPES, dtype_name
+from femto.errors import ExtensionBuildError
+
+REBUILD_HINT = "rebuild it with `pip install -e .` (or `python build_ffi.py`) in the femto checkout"
+
+try:
+    from femto import _cpu
+except ImportError as exc:  # the extension is part of femto; without it nothing can run
+    raise ExtensionBuildError(f"femto's C extension femto._cpu is not built ({exc}): {REBUILD_HINT}") from exc
+
+
+def _checkout_source_hash() -> str | None:
+    """The hash build_ffi.py would embed, when femto runs from a source checkout; None when installed."""
+    csrc = pathlib.Path(__file__).resolve().parents[2] / "csrc"
+    header = csrc / "femto.h"
+    if not header.exists():
+        return None
+    digest = hashlib.sha256()
+    for path in [header, *sorted(csrc.glob("*.c"))]:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+_built_hash = _cpu.ffi.string(_cpu.lib.femto_source_hash()).decode()
+_wanted_hash = _checkout_source_hash()
+if _wanted_hash is not None and _wanted_hash != _built_hash:
+    raise ExtensionBuildError(
+        f"femto._cpu was built from older sources (build {_built_hash}, csrc/ now {_wanted_hash}): "
+        f"{REBUILD_HINT}"
+    )
+
+_C_TYPES = {np.dtype(np.float32): "float *", np.dtype(np.int32): "int32_t *"}
+
+
+class CPUBackend:
+    """Buffers are flat C-contiguous numpy arrays; run() passes their addresses to the C kernel."""
+
+    name = "cpu"
+
+    def __init__(self, num_threads: int | None = None):
+        self.device_name = "CPU (OpenMP C kernels)"
+        if num_threads is not None:
+            self.set_num_threads(num_threads)
+
+    @staticmethod
+    def set_num_threads(n: int) -> None:
+        _cpu.lib.femto_set_num_threads(int(n))
+
+    @staticmethod
+    def num_threads() -> int:
+        return int(_cpu.lib.femto_get_num_threads())
+
+    def empty(self, n: int, dtype: str = "float32") -> np.ndarray:
+        return np.empty(n, dtype=DTYPES[dtype])
+
+    def zeros(self, n: int, dtype: str = "float32") -> np.ndarray:
+        return np.zeros(n, dtype=DTYPES[dtype])
+
+    def from_numpy(self, array: np.ndarray) -> np.ndarray:
+        dtype_name(array)  # rejects float64 and friends before they can be reinterpreted as floats
+        return np.array(array, dtype=array.dtype, order="C").reshape(-1)
+
+    def to_numpy(self, buf: np.ndarray) -> np.ndarray:
+        return buf.copy()
+
+    def zero_(self, buf: np.ndarray) -> None:
+        buf.fill(0)
+
+    def copy_(self, dst: np.ndarray, src: np.ndarray) -> None:
+        np.copyto(dst, src)
+
+    def kernel_names(self) -> set[str]:
+        return {name for name in dir(_cpu.lib) if name.endswith(("_forward", "_backward", "_update"))} | {
+            "sum_squares"
+        }
+
+    def run(self, name: str, *bufs: Any, **scalars: int | float) -> None:
+        """Call kernel `name` with the buffers (None becomes NULL), then the scalars in keyword order."""
+        args = []
+        for buf in bufs:
+            if buf is None:
+                args.append(_cpu.ffi.NULL)
+                continue
+            # cffi would happily read a float64 array as twice as many floats: check before casting
+            if buf.dtype not in _C_TYPES or not buf.flags.c_contiguous:
+                raise TypeError(f"{name}: buffer of dtype {buf.dtype} is not a contiguous float32/int32")
+            args.append(_cpu.ffi.cast(_C_TYPES[buf.dtype], buf.ctypes.data))
+        getattr(_cpu.lib, name)(*args, *scalars.values())
+
+    def synchronize(self) -> None:
+        pass

@@ -1,0 +1,212 @@
+"""Tensors, ops and reverse-mode autograd. Bookkeeping only: every number is computed by a backend kernel.
+
+A Tensor is a flat backend buffer plus a shape. An op applied while gradients are enabled records itself
+on its output; `loss.backward()` walks those records in reverse topological order. Gradient kernels
+accumulate (+=) into each input's `.grad`, which the graph allocates zeroed the first time it is needed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from femto.backend.base import Backend, dtype_name
+from femto.errors import ShapeError
+
+_state = threading.local()
+
+
+def grad_enabled() -> bool:
+    return getattr(_state, "grad_enabled", True)
+
+
+@contextlib.contextmanager
+def no_grad() -> Iterator[None]:
+    """Run ops without recording them: no graph, nothing saved for backward."""
+    previous = grad_enabled()
+    _state.grad_enabled = False
+    try:
+        yield
+    finally:
+        _state.grad_enabled = previous
+
+
+class Tensor:
+    """A float32 or int32 array living in a backend buffer."""
+
+    __slots__ = ("data", "shape", "dtype", "backend", "requires_grad", "grad", "op")
+
+    def __init__(
+        self,
+        data: Any,
+        shape: Sequence[int],
+        backend: Backend,
+        dtype: str = "float32",
+        requires_grad: bool = False,
+    ):
+        self.data = data
+        self.shape = tuple(int(d) for d in shape)
+        self.dtype = dtype
+        self.backend = backend
+        self.requires_grad = requires_grad
+        self.grad: Tensor | None = None
+        self.op: Op | None = None
+
+    @classmethod
+    def from_numpy(cls, array: np.ndarray, backend: Backend, requires_grad: bool = False) -> Tensor:
+        array = np.asarray(array)
+        if array.dtype == np.float64:
+            array = array.astype(np.float32)
+        elif array.dtype.kind in "iu":
+            array = array.astype(np.int32)
+        return cls(backend.from_numpy(array), array.shape, backend, dtype_name(array), requires_grad)
+
+    @classmethod
+    def empty(cls, shape: Sequence[int], backend: Backend, dtype: str = "float32") -> Tensor:
+        return cls(backend.empty(math.prod(shape), dtype), shape, backend, dtype)
+
+    @classmethod
+    def zeros(cls, shape: Sequence[int], backend: Backend, dtype: str = "float32") -> Tensor:
+        return cls(backend.zeros(math.prod(shape), dtype), shape, backend, dtype)
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def numpy(self) -> np.ndarray:
+        return self.backend.to_numpy(self.data).reshape(self.shape)
+
+    def item(self) -> float:
+        if self.size != 1:
+            raise ShapeError(f"item() needs a tensor of one element, got shape {self.shape}")
+        return float(self.numpy().reshape(-1)[0])
+
+    def copy_from_numpy(self, array: np.ndarray) -> None:
+        """Overwrite the contents in place (same shape), keeping the buffer other code may hold."""
+        if tuple(array.shape) != self.shape:
+            raise ShapeError(f"copy into tensor of shape {self.shape} from array of shape {array.shape}")
+        self.backend.copy_(self.data, self.backend.from_numpy(np.ascontiguousarray(array, np.float32)))
+
+    def zero_grad(self) -> None:
+        """Zero the gradient in place, keeping its buffer for the next step."""
+        if self.grad is not None:
+            self.backend.zero_(self.grad.data)
+
+    def free_grad(self) -> None:
+        self.grad = None
+
+    def ensure_grad(self) -> Tensor:
+        if self.grad is None:
+            self.grad = Tensor.zeros(self.shape, self.backend, self.dtype)
+        return self.grad
+
+    def backward(self, grad: Tensor | None = None) -> None:
+        backward(self, grad)
+
+    def __repr__(self) -> str:
+        return f"Tensor(shape={self.shape}, dtype={self.dtype}, backend={self.backend.name})"
+
+
+class Op:
+    """One node of the graph. Subclasses implement forward (checks shapes, runs the forward kernel,
+    saves what backward needs) and backward (runs the backward kernel into the inputs' gradients)."""
+
+    kernels: tuple[str, ...] = ()
+
+    def __init__(self, backend: Backend):
+        self.backend = backend
+        self.inputs: tuple[Tensor, ...] = ()
+
+    def forward(self, *inputs: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def backward(self, dout: Tensor) -> tuple[Tensor | None, ...]:
+        raise NotImplementedError
+
+    def output(self, shape: Sequence[int], dtype: str = "float32") -> Tensor:
+        return Tensor.empty(shape, self.backend, dtype)
+
+    def grad_of(self, index: int) -> Tensor | None:
+        """The gradient buffer of input `index` to accumulate into, or None if it needs none."""
+        inp = self.inputs[index]
+        return inp.ensure_grad() if inp.requires_grad else None
+
+    def __call__(self, *inputs: Tensor) -> Tensor:
+        backends = {id(t.backend) for t in inputs if t is not None}
+        if len(backends) > 1:
+            raise ShapeError(f"{type(self).__name__}: inputs live on different backends")
+        out = self.forward(*inputs)
+        if grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
+            self.inputs = inputs
+            out.requires_grad = True
+            out.op = self
+        return out
+
+
+def check_float(op: str, name: str, t: Tensor, ndim_min: int = 1) -> None:
+    """Raise ShapeError unless `t` is a float32 tensor with at least `ndim_min` axes."""
+    if t.dtype != "float32":
+        raise ShapeError(f"{op}: {name} must be float32, got {t.dtype} of shape {t.shape}")
+    if t.ndim < ndim_min:
+        raise ShapeError(f"{op}: {name} needs at least {ndim_min} axes, got shape {t.shape}")
+
+
+def topological_order(root: Tensor) -> list[Tensor]:
+    """Tensors that lead to `root`, inputs before outputs; iterative so deep graphs cannot overflow."""
+    order: list[Tensor] = []
+    visited: set[int] = set()
+    stack: list[tuple[Tensor, bool]] = [(root, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if expanded:
+            order.append(node)
+            continue
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        stack.append((node, True))
+        if node.op is not None:
+            for inp in node.op.inputs:
+                if inp is not None and inp.requires_grad and id(inp) not in visited:
+                    stack.append((inp, False))
+    return order
+
+
+def backward(loss: Tensor, grad: Tensor | None = None) -> None:
+    """Accumulate d(loss)/d(leaf) into every leaf's .grad, then free the graph below `loss`."""
+    if grad is None:
+        if loss.size != 1:
+            raise ShapeError(
+                f"backward() seeds a scalar loss, got shape {loss.shape}: pass grad= explicitly"
+            )
+        grad = Tensor.from_numpy(np.ones(loss.shape, np.float32), loss.backend)
+    elif grad.shape != loss.shape:
+        raise ShapeError(f"backward(): grad of shape {grad.shape} for a tensor of shape {loss.shape}")
+    if loss.op is None:
+        raise ShapeError("backward(): this tensor was not produced by a recorded op (no_grad?)")
+    loss.grad = grad
+    for node in reversed(topological_order(loss)):
+        op = node.op
+        if op is None:
+            continue  # a leaf: its .grad is the result
+        if node.grad is not None:
+            grads = op.backward(node.grad)
+            if len(grads) != len(op.inputs):
+                raise AssertionError(f"{type(op).__name__}.backward returned {len(grads)} gradients "
+                                     f"for {len(op.inputs)} inputs")
+            for inp, g in zip(op.inputs, grads):
+                if g is not None and g.shape != inp.shape:
+                    raise AssertionError(f"{type(op).__name__}.backward: gradient of shape {g.shape} "
+                                         f"for an input of shape {inp.shape}")
+        # the graph is single-use: drop saved activations and intermediate gradients as we go
+        node.op = None
+        node.grad = None

@@ -1,0 +1,18 @@
+"""The ops a GPT is built from, one module each; model code calls these functions."""
+
+from femto.ops.add import Add, add
+from femto.ops.attention import Attention, attention
+from femto.ops.crossentropy import CrossEntropy, cross_entropy
+from femto.ops.dropout import Dropout, dropout
+from femto.ops.embedding import Embedding, embedding
+from femto.ops.gelu import GELU, gelu
+from femto.ops.layernorm import LayerNorm, layernorm
+from femto.ops.matmul import Matmul, matmul
+
+ALL_OPS = (Add, Attention, CrossEntropy, Dropout, Embedding, GELU, LayerNorm, Matmul)
+
+__all__ = [
+    "ALL_OPS", "Add", "Attention", "CrossEntropy", "Dropout", "Embedding", "GELU", "LayerNorm",
+    "Matmul", "add", "attention", "cross_entropy", "dropout", "embedding", "gelu", "layernorm",
+    "matmul",
+]

@@ -1,0 +1,47 @@
+"""Fused log-softmax + cross-entropy over the vocabulary, mean over every position."""
+
+from femto.errors import ShapeError, TokenIdError
+from femto.graph import Op, Tensor, check_float
+
+
+class CrossEntropy(Op):
+    """logits (..., V) float32, targets (...) int32 -> loss () = mean of -log softmax(logits)[target].
+
+    N = targets.size rows; saves logsumexp (N) so backward rebuilds the softmax without storing it.
+    """
+
+    kernels = ("crossentropy_forward", "crossentropy_backward")
+
+    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+        check_float("crossentropy", "logits", logits, 2)
+        if targets.dtype != "int32" or targets.shape != logits.shape[:-1]:
+            raise ShapeError(
+                f"crossentropy: logits {logits.shape} need int32 targets {logits.shape[:-1]}, "
+                f"got {targets.dtype} {targets.shape}"
+            )
+        V = logits.shape[-1]
+        N = targets.size
+        host = self.backend.to_numpy(targets.data)
+        if N and (host.min() < 0 or host.max() >= V):
+            bad = int(host.min()) if host.min() < 0 else int(host.max())
+            raise TokenIdError(f"crossentropy: target id {bad} is outside the vocabulary [0, {V - 1}]")
+        loss = self.output(())
+        self.logsumexp = self.output((N,))
+        self.backend.run(
+            "crossentropy_forward", loss.data, self.logsumexp.data, logits.data, targets.data, N=N, V=V
+        )
+        self.sizes = dict(N=N, V=V)
+        return loss
+
+    def backward(self, dloss: Tensor) -> tuple:
+        logits, targets = self.inputs
+        dlogits = self.grad_of(0)
+        self.backend.run(
+            "crossentropy_backward", dlogits.data, dloss.data, logits.data, targets.data,
+            self.logsumexp.data, **self.sizes,
+        )
+        return (dlogits, None)
+
+
+def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    return CrossEntropy(logits.backend)(logits, targets)

@@ -1,0 +1,46 @@
+"""Embedding lookup: one table row per token id."""
+
+import numpy as np
+
+from femto.errors import ShapeError, TokenIdError
+from femto.graph import Op, Tensor, check_float
+
+
+class Embedding(Op):
+    """ids (...) int32, weight (V, C) -> out (..., C). Backward is a race-free scatter-add into dweight."""
+
+    kernels = ("embedding_forward", "embedding_backward")
+
+    def forward(self, ids: Tensor, weight: Tensor) -> Tensor:
+        if ids.dtype != "int32":
+            raise ShapeError(f"embedding: ids must be int32, got {ids.dtype} of shape {ids.shape}")
+        check_float("embedding", "weight", weight, 2)
+        if weight.ndim != 2:
+            raise ShapeError(f"embedding: weight must be (V, C), got {weight.shape}")
+        V, C = weight.shape
+        if ids.size:
+            host_ids = self.backend.to_numpy(ids.data)
+            lo, hi = int(host_ids.min()), int(host_ids.max())
+            if lo < 0 or hi >= V:
+                bad = lo if lo < 0 else hi
+                position = int(np.flatnonzero(host_ids == bad)[0])
+                raise TokenIdError(
+                    f"embedding: token id {bad} (at flat position {position} of ids {ids.shape}) "
+                    f"is outside the table of {V} rows: ids must be in [0, {V - 1}]"
+                )
+        out = self.output((*ids.shape, C))
+        self.backend.run("embedding_forward", out.data, ids.data, weight.data, N=ids.size, C=C)
+        return out
+
+    def backward(self, dout: Tensor) -> tuple:
+        ids, weight = self.inputs
+        dweight = self.grad_of(1)
+        V, C = weight.shape
+        self.backend.run(
+            "embedding_backward", dweight.data, dout.data, ids.data, N=ids.size, V=V, C=C
+        )
+        return (None, dweight)
+
+
+def embedding(ids: Tensor, weight: Tensor) -> Tensor:
+    return Embedding(weight.backend)(ids, weight)
