@@ -1,48 +1,320 @@
-/* matmul.c: linear layer, out = inp @ weight^T + bias; shapes in femto/ops/matmul.py. */
+/* matmul.c: linear layer, out = inp @ weight^T + bias, and its backward; shapes in femto/ops/matmul.py.
+ * Forward, dinp and dweight all run through one GEMM: B is packed into NR-wide panels shared by the team,
+ * A is read in place (row- or column-major), and an MR x NR tile of C lives in registers (AVX-512,
+ * else AVX2+FMA, else portable C). Each element of C is owned by one thread and sees the same operation
+ * sequence whatever the thread count, so results are bit-identical at 1 and 2 threads. */
 #include "femto.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#include <immintrin.h>
+#endif
 
-void matmul_forward(float* out, const float* inp, const float* weight, const float* bias,
-                    size_t N, size_t C, size_t OC) {
-#pragma omp parallel for collapse(2) schedule(static)
-    for (size_t n = 0; n < N; n++) {
-        for (size_t o = 0; o < OC; o++) {
-            const float* x = inp + n * C;
-            const float* w = weight + o * C;
-            float acc = bias ? bias[o] : 0.0f;
-            for (size_t c = 0; c < C; c++) acc += x[c] * w[c];
-            out[n * OC + o] = acc;
+/* VW floats per vector; a register tile is MR rows by NVMAX vectors (NR columns). MR x NVMAX accumulators
+ * plus NVMAX B vectors and one broadcast must fit the register file (32 zmm, 16 ymm). */
+#if defined(__AVX512F__)
+#define VW 16
+#define MR 12
+typedef __m512 vf;
+static inline vf v_zero(void) { return _mm512_setzero_ps(); }
+static inline vf v_load(const float* p) { return _mm512_loadu_ps(p); }
+static inline void v_store(float* p, vf x) { _mm512_storeu_ps(p, x); }
+static inline vf v_bcast(const float* p) { return _mm512_set1_ps(*p); }
+static inline vf v_fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
+static inline vf v_add(vf a, vf b) { return _mm512_add_ps(a, b); }
+/* n in 1..VW: the first n lanes; the masked forms never touch memory past them. */
+static inline __mmask16 lanes_mask(int n) { return (__mmask16)((1u << n) - 1u); }
+static inline vf v_loadn(const float* p, int n) { return _mm512_maskz_loadu_ps(lanes_mask(n), p); }
+static inline void v_storen(float* p, vf x, int n) { _mm512_mask_storeu_ps(p, lanes_mask(n), x); }
+#elif defined(__AVX2__) && defined(__FMA__)
+#define VW 8
+#define MR 6
+typedef __m256 vf;
+static const int lane_table[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+static inline __m256i lanes_mask(int n) { return _mm256_loadu_si256((const __m256i*)(lane_table + 8 - n)); }
+static inline vf v_zero(void) { return _mm256_setzero_ps(); }
+static inline vf v_load(const float* p) { return _mm256_loadu_ps(p); }
+static inline void v_store(float* p, vf x) { _mm256_storeu_ps(p, x); }
+static inline vf v_bcast(const float* p) { return _mm256_broadcast_ss(p); }
+static inline vf v_fma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
+static inline vf v_add(vf a, vf b) { return _mm256_add_ps(a, b); }
+static inline vf v_loadn(const float* p, int n) { return _mm256_maskload_ps(p, lanes_mask(n)); }
+static inline void v_storen(float* p, vf x, int n) { _mm256_maskstore_ps(p, lanes_mask(n), x); }
+#else
+/* Portable C: a "vector" is a small array the compiler may vectorise; a*b+c rounds twice (no FMA). */
+#define VW 8
+#define MR 4
+typedef struct {
+    float x[VW];
+} vf;
+static inline vf v_zero(void) {
+    vf r;
+    for (int i = 0; i < VW; i++) r.x[i] = 0.0f;
+    return r;
+}
+static inline vf v_loadn(const float* p, int n) {
+    vf r = v_zero();
+    for (int i = 0; i < n; i++) r.x[i] = p[i];
+    return r;
+}
+static inline vf v_load(const float* p) { return v_loadn(p, VW); }
+static inline void v_storen(float* p, vf x, int n) {
+    for (int i = 0; i < n; i++) p[i] = x.x[i];
+}
+static inline void v_store(float* p, vf x) { v_storen(p, x, VW); }
+static inline vf v_bcast(const float* p) {
+    vf r;
+    for (int i = 0; i < VW; i++) r.x[i] = *p;
+    return r;
+}
+static inline vf v_fma(vf a, vf b, vf c) {
+    for (int i = 0; i < VW; i++) c.x[i] += a.x[i] * b.x[i];
+    return c;
+}
+static inline vf v_add(vf a, vf b) {
+    for (int i = 0; i < VW; i++) a.x[i] += b.x[i];
+    return a;
+}
+#endif
+
+#define NVMAX 2
+#define NR (NVMAX * VW)
+/* KC x NC floats of packed B (128 KiB) sit on the calling thread's stack and are shared by the team:
+ * KC bounds the K-reduction block (the same blocks at any thread count), NC the columns packed at once. */
+#define KC 256
+#define NC 128
+/* Below this many multiply-adds a parallel region costs more than it saves. */
+#define SERIAL_MACS 32768
+
+/* One register tile: C[0:mr, 0:nv*VW] = init + A[0:mr, 0:kc] @ Bpanel, storing `lanes` lanes of the last
+ * vector. A(r,k) is a[r*lda + k] (row-major, read in place) or a[k*MR + r] (packed); the panel is pb[k*nv*VW + j]
+ * with zeros past the last column. init is a row of zeros or the bias (init_rs 0), or C itself (init_rs ldc). */
+static inline __attribute__((always_inline)) void tile(const int mr, const int nv, const int a_rowmajor,
+                                                       size_t kc, const float* a, size_t lda,
+                                                       const float* pb, float* c, size_t ldc, int lanes,
+                                                       const float* init, size_t init_rs) {
+    vf acc[MR][NVMAX];
+    for (int r = 0; r < mr; r++) {
+        for (int v = 0; v < nv - 1; v++) acc[r][v] = v_load(init + r * init_rs + v * VW);
+        acc[r][nv - 1] = v_loadn(init + r * init_rs + (nv - 1) * VW, lanes);
+    }
+    const size_t pbs = (size_t)nv * VW;
+    /* kc >= 1 always; a do-while spares GCC the zero-trip path that would keep acc in memory */
+    size_t k = 0;
+    do {
+        vf b[NVMAX];
+        for (int v = 0; v < nv; v++) b[v] = v_load(pb + k * pbs + v * VW);
+        for (int r = 0; r < mr; r++) {
+            vf ar = v_bcast(a_rowmajor ? a + r * lda + k : a + k * MR + r);
+            for (int v = 0; v < nv; v++) acc[r][v] = v_fma(ar, b[v], acc[r][v]);
         }
+    } while (++k < kc);
+    for (int r = 0; r < mr; r++) {
+        for (int v = 0; v < nv - 1; v++) v_store(c + r * ldc + v * VW, acc[r][v]);
+        v_storen(c + r * ldc + (nv - 1) * VW, acc[r][nv - 1], lanes);
+    }
+}
+
+typedef void (*tile_fn)(size_t kc, const float* a, size_t lda, const float* pb, float* c, size_t ldc,
+                        int lanes, const float* init, size_t init_rs);
+
+/* One specialised copy of tile() per (rows, vectors, A layout), so edge tiles keep full speed. */
+#define TILE_DEF(R, V, L)                                                                               \
+    static void tile_##R##_##V##_##L(size_t kc, const float* a, size_t lda, const float* pb, float* c,  \
+                                     size_t ldc, int lanes, const float* init, size_t init_rs) {       \
+        tile(R, V, L, kc, a, lda, pb, c, ldc, lanes, init, init_rs);                                    \
+    }
+#define TILE_ROWS(R) TILE_DEF(R, 1, 0) TILE_DEF(R, 2, 0) TILE_DEF(R, 1, 1) TILE_DEF(R, 2, 1)
+#define TILE_ENTRY(R) {{tile_##R##_1_0, tile_##R##_2_0}, {tile_##R##_1_1, tile_##R##_2_1}},
+TILE_ROWS(1)
+TILE_ROWS(2)
+TILE_ROWS(3)
+TILE_ROWS(4)
+#if MR > 4
+TILE_ROWS(5)
+TILE_ROWS(6)
+#endif
+#if MR > 6
+TILE_ROWS(7)
+TILE_ROWS(8)
+TILE_ROWS(9)
+TILE_ROWS(10)
+TILE_ROWS(11)
+TILE_ROWS(12)
+#endif
+/* tiles[mr - 1][a_rowmajor][nv - 1] */
+static const tile_fn tiles[MR][2][NVMAX] = {
+    TILE_ENTRY(1) TILE_ENTRY(2) TILE_ENTRY(3) TILE_ENTRY(4)
+#if MR > 4
+    TILE_ENTRY(5) TILE_ENTRY(6)
+#endif
+#if MR > 6
+    TILE_ENTRY(7) TILE_ENTRY(8) TILE_ENTRY(9) TILE_ENTRY(10) TILE_ENTRY(11) TILE_ENTRY(12)
+#endif
+};
+
+/* C (M, N) = [bias +] A (M, K) @ B (K, N), or C += A @ B when accumulate. */
+typedef struct {
+    size_t M, N, K;
+    const float* a; /* A(i,k) = a[i*lda + k] when a_rowmajor, else a[k*lda + i] */
+    size_t lda;
+    int a_rowmajor;
+    const float* b; /* B(k,j) = b[k*ldb + j] when b_rowmajor, else b[j*ldb + k] */
+    size_t ldb;
+    int b_rowmajor;
+    float* c;
+    size_t ldc;
+    const float* bias; /* (N), only without accumulate; NULL means zero */
+    int accumulate;
+} gemm_args;
+
+static const float zeros[NR]; /* the initial C of a product without bias */
+
+static size_t min_sz(size_t x, size_t y) { return x < y ? x : y; }
+
+/* Packs B[pc:pc+kc, j0:j0+w] (w <= NR) as dst[k*W + j], W = w rounded up to VW, zero past w. */
+static void pack_panel(float* dst, const gemm_args* g, size_t pc, size_t kc, size_t j0, size_t w) {
+    const size_t nv = (w + VW - 1) / VW, W = nv * VW;
+    if (g->b_rowmajor) {
+        const int last = (int)(w - (nv - 1) * VW);
+        for (size_t k = 0; k < kc; k++) {
+            const float* src = g->b + (pc + k) * g->ldb + j0;
+            float* d = dst + k * W;
+            for (size_t v = 0; v + 1 < nv; v++) v_store(d + v * VW, v_load(src + v * VW));
+            v_store(d + (nv - 1) * VW, v_loadn(src + (nv - 1) * VW, last));
+        }
+    } else {
+        /* B is the transpose of a row-major (N, K) matrix: each source row becomes a strided column. */
+        for (size_t j = 0; j < w; j++) {
+            const float* src = g->b + (j0 + j) * g->ldb + pc;
+            for (size_t k = 0; k < kc; k++) dst[k * W + j] = src[k];
+        }
+        for (size_t j = w; j < W; j++)
+            for (size_t k = 0; k < kc; k++) dst[k * W + j] = 0.0f;
+    }
+}
+
+/* Splits an mt x np tile grid over nthreads as tm x tn blocks, minimising the largest block's area
+ * (rows times columns actually computed); ties go to splitting rows. */
+static void choose_grid(size_t M, size_t nc, int nthreads, int* tm_out, int* tn_out) {
+    const size_t mt = (M + MR - 1) / MR, np = (nc + NR - 1) / NR;
+    size_t best = (size_t)-1;
+    *tm_out = nthreads;
+    *tn_out = 1;
+    for (int tm = nthreads; tm >= 1; tm--) {
+        if (nthreads % tm) continue;
+        const int tn = nthreads / tm;
+        size_t worst = 0;
+        for (int ti = 0; ti < tm; ti++) {
+            const size_t r0 = min_sz(M, mt * ti / tm * MR), r1 = min_sz(M, mt * (ti + 1) / tm * MR);
+            for (int tj = 0; tj < tn; tj++) {
+                const size_t c0 = min_sz(nc, np * tj / tn * NR), c1 = min_sz(nc, np * (tj + 1) / tn * NR);
+                const size_t area = (r1 - r0) * ((c1 - c0 + VW - 1) / VW);
+                if (area > worst) worst = area;
+            }
+        }
+        if (worst < best) {
+            best = worst;
+            *tm_out = tm;
+            *tn_out = tn;
+        }
+    }
+}
+
+static void gemm(const gemm_args* g) {
+    const size_t M = g->M, N = g->N, K = g->K;
+    if (M == 0 || N == 0) return;
+    if (K == 0) {
+        if (!g->accumulate)
+            for (size_t i = 0; i < M; i++)
+                for (size_t j = 0; j < N; j++) g->c[i * g->ldc + j] = g->bias ? g->bias[j] : 0.0f;
+        return;
+    }
+    _Alignas(64) float pb[KC * NC];
+    const int serial = (double)M * (double)N * (double)K < SERIAL_MACS;
+    (void)serial;
+#pragma omp parallel if (!serial)
+    {
+        int tid = 0, nthreads = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        nthreads = omp_get_num_threads();
+#endif
+        const size_t mt = (M + MR - 1) / MR;
+        _Alignas(64) float pa[KC * MR]; /* this thread's packed tile of column-major A */
+        for (size_t jc = 0; jc < N; jc += NC) {
+            const size_t nc = min_sz(NC, N - jc), np = (nc + NR - 1) / NR;
+            int tm, tn;
+            choose_grid(M, nc, nthreads, &tm, &tn);
+            const int ti = tid / tn, tj = tid % tn;
+            const size_t i0 = mt * ti / tm * MR, i1 = min_sz(M, mt * (ti + 1) / tm * MR);
+            const size_t p0 = np * tj / tn, p1 = np * (tj + 1) / tn;
+            for (size_t pc = 0; pc < K; pc += KC) {
+                const size_t kc = min_sz(KC, K - pc);
+                for (size_t p = (size_t)tid; p < np; p += (size_t)nthreads)
+                    pack_panel(pb + p * kc * NR, g, pc, kc, jc + p * NR, min_sz(NR, nc - p * NR));
+#pragma omp barrier
+                const float* a_k = g->a + (g->a_rowmajor ? pc : pc * g->lda);
+                for (size_t i = i0; i < i1; i += MR) {
+                    const size_t mr = min_sz(MR, i1 - i);
+                    const float* a = g->a_rowmajor ? a_k + i * g->lda : pa;
+                    if (!g->a_rowmajor) {
+                        /* Column-major A (dout^T) has a row stride of OC floats, a page apart for the lm_head: copy
+                         * the tile's kc x mr block into contiguous rows of MR so the tile streams it instead. */
+                        for (size_t k = 0; k < kc; k++)
+                            v_storen(pa + k * MR, v_loadn(a_k + k * g->lda + i, (int)mr), (int)mr);
+                    }
+                    for (size_t p = p0; p < p1; p++) {
+                        const size_t j = jc + p * NR, w = min_sz(NR, N - j), nv = (w + VW - 1) / VW;
+                        float* c = g->c + i * g->ldc + j;
+                        const float* init = c;
+                        size_t init_rs = g->ldc;
+                        if (pc == 0 && !g->accumulate) {
+                            init = g->bias ? g->bias + j : zeros;
+                            init_rs = 0;
+                        }
+                        tiles[mr - 1][g->a_rowmajor][nv - 1](kc, a, g->lda, pb + p * kc * NR, c, g->ldc,
+                                                             (int)(w - (nv - 1) * VW), init, init_rs);
+                    }
+                }
+#pragma omp barrier
+            }
+        }
+    }
+}
+
+void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, size_t N,
+                    size_t C, size_t OC) {
+    /* out (N, OC) = inp (N, C) @ weight^T, weight read as B(c, o) = weight[o*C + c] */
+    const gemm_args g = {N, OC, C, inp, C, 1, weight, C, 0, out, OC, bias, 0};
+    gemm(&g);
+}
+
+/* dbias[o] += sum over n of dout[n, o]: each thread owns whole vectors of columns, summed in row order. */
+static void column_sums(float* dbias, const float* dout, size_t N, size_t OC) {
+    const size_t nvec = (OC + VW - 1) / VW;
+#pragma omp parallel for schedule(static) if (N * OC >= SERIAL_MACS)
+    for (size_t v = 0; v < nvec; v++) {
+        const size_t o = v * VW;
+        const int lanes = (int)min_sz(VW, OC - o);
+        vf acc = v_zero();
+        for (size_t n = 0; n < N; n++) acc = v_add(acc, v_loadn(dout + n * OC + o, lanes));
+        v_storen(dbias + o, v_add(v_loadn(dbias + o, lanes), acc), lanes);
     }
 }
 
 void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                      const float* weight, size_t N, size_t C, size_t OC) {
-    /* Two passes so that every gradient row has exactly one owning thread (no races, no atomics). */
     if (dinp) {
-#pragma omp parallel for schedule(static)
-        for (size_t n = 0; n < N; n++) {
-            float* dx = dinp + n * C;
-            for (size_t o = 0; o < OC; o++) {
-                float g = dout[n * OC + o];
-                const float* w = weight + o * C;
-                for (size_t c = 0; c < C; c++) dx[c] += g * w[c];
-            }
-        }
+        /* dinp (N, C) += dout (N, OC) @ weight (OC, C) */
+        const gemm_args g = {N, C, OC, dout, OC, 1, weight, C, 1, dinp, C, 0, 1};
+        gemm(&g);
     }
-    if (dweight || dbias) {
-#pragma omp parallel for schedule(static)
-        for (size_t o = 0; o < OC; o++) {
-            float bias_sum = 0.0f;
-            for (size_t n = 0; n < N; n++) {
-                float g = dout[n * OC + o];
-                bias_sum += g;
-                if (dweight) {
-                    const float* x = inp + n * C;
-                    float* dw = dweight + o * C;
-                    for (size_t c = 0; c < C; c++) dw[c] += g * x[c];
-                }
-            }
-            if (dbias) dbias[o] += bias_sum;
-        }
+    if (dweight) {
+        /* dweight (OC, C) += dout^T (OC, N) @ inp (N, C); dout^T is dout read column-major */
+        const gemm_args g = {OC, C, N, dout, OC, 0, inp, C, 1, dweight, C, 0, 1};
+        gemm(&g);
     }
+    if (dbias) column_sums(dbias, dout, N, OC);
 }

@@ -1,7 +1,7 @@
 """The ops a GPT is built from, one module each; model code calls these functions."""
 
 from femto.ops.add import Add, add
-from femto.ops.attention import Attention, attention
+from femto.ops.attention import Attention, AttentionCached, attention, attention_cached
 from femto.ops.crossentropy import CrossEntropy, cross_entropy
 from femto.ops.dropout import Dropout, dropout
 from femto.ops.embedding import Embedding, embedding
@@ -9,10 +9,36 @@ from femto.ops.gelu import GELU, gelu
 from femto.ops.layernorm import LayerNorm, layernorm
 from femto.ops.matmul import Matmul, matmul
 
-ALL_OPS = (Add, Attention, CrossEntropy, Dropout, Embedding, GELU, LayerNorm, Matmul)
+ALL_OPS = (
+    Add,
+    Attention,
+    AttentionCached,
+    CrossEntropy,
+    Dropout,
+    Embedding,
+    GELU,
+    LayerNorm,
+    Matmul,
+)
 
 __all__ = [
-    "ALL_OPS", "Add", "Attention", "CrossEntropy", "Dropout", "Embedding", "GELU", "LayerNorm",
-    "Matmul", "add", "attention", "cross_entropy", "dropout", "embedding", "gelu", "layernorm",
+    "ALL_OPS",
+    "GELU",
+    "Add",
+    "Attention",
+    "AttentionCached",
+    "CrossEntropy",
+    "Dropout",
+    "Embedding",
+    "LayerNorm",
+    "Matmul",
+    "add",
+    "attention",
+    "attention_cached",
+    "cross_entropy",
+    "dropout",
+    "embedding",
+    "gelu",
+    "layernorm",
     "matmul",
 ]

@@ -1,7 +1,8 @@
-"""Causal multi-head self-attention over a fused qkv projection, in one kernel per direction."""
+"""Causal multi-head self-attention over a fused qkv projection, in one kernel per direction, and its
+forward-only cached form for generation (keys and values of earlier positions kept in a cache)."""
 
 from femto.errors import ShapeError
-from femto.graph import Op, Tensor, check_float
+from femto.graph import Op, Tensor, check_float, grad_enabled
 
 
 class Attention(Op):
@@ -18,7 +19,7 @@ class Attention(Op):
         self.n_head = n_head
 
     def forward(self, qkv: Tensor) -> Tensor:
-        check_float("attention", "qkv", qkv, 3)
+        check_float("attention", "qkv", qkv)  # rank is checked below, with the expected layout
         if qkv.ndim != 3 or qkv.shape[2] % 3 or (qkv.shape[2] // 3) % self.n_head:
             raise ShapeError(
                 f"attention: qkv must be (B, T, 3C) with C divisible by n_head={self.n_head}, "
@@ -38,11 +39,79 @@ class Attention(Op):
     def backward(self, dout: Tensor) -> tuple:
         dqkv = self.grad_of(0)
         self.backend.run(
-            "attention_backward", dqkv.data, dout.data, self.inputs[0].data, self.att.data,
-            self.out.data, **self.sizes,
+            "attention_backward",
+            dqkv.data,
+            dout.data,
+            self.inputs[0].data,
+            self.att.data,
+            self.out.data,
+            **self.sizes,
         )
         return (dqkv,)
 
 
 def attention(qkv: Tensor, n_head: int) -> Tensor:
     return Attention(qkv.backend, n_head)(qkv)
+
+
+class AttentionCached(Op):
+    """Generation step: qkv (B, T, 3C) of new tokens at positions pos .. pos+T-1 -> out (B, T, C).
+
+    kcache and vcache are (B, NH, TMAX, HS); the kernel first writes the new keys and values at
+    positions pos .. pos+T-1, then each new query attends to positions 0 .. its own. Forward only:
+    it saves nothing, and refuses to run where autograd would record it.
+    """
+
+    kernels = ("attention_cached_forward",)
+
+    def __init__(self, backend, n_head: int, pos: int):
+        super().__init__(backend)
+        self.n_head, self.pos = n_head, pos
+
+    def forward(self, qkv: Tensor, kcache: Tensor, vcache: Tensor) -> Tensor:
+        check_float("attention_cached", "qkv", qkv, 3)
+        if qkv.ndim != 3 or qkv.shape[2] % 3 or (qkv.shape[2] // 3) % self.n_head:
+            raise ShapeError(
+                f"attention_cached: qkv must be (B, T, 3C) with C divisible by n_head={self.n_head}, "
+                f"got {qkv.shape}"
+            )
+        B, T, C3 = qkv.shape
+        C = C3 // 3
+        NH = self.n_head
+        for name, cache in (("kcache", kcache), ("vcache", vcache)):
+            check_float("attention_cached", name, cache, 4)
+            if cache.ndim != 4 or cache.shape[:2] != (B, NH) or cache.shape[3] != C // NH:
+                raise ShapeError(
+                    f"attention_cached: qkv {qkv.shape} needs {name} (B={B}, NH={NH}, TMAX, "
+                    f"HS={C // NH}), got {cache.shape}"
+                )
+        TMAX = kcache.shape[2]
+        if vcache.shape != kcache.shape or not 0 <= self.pos <= TMAX - T:
+            raise ShapeError(
+                f"attention_cached: {T} new positions at pos {self.pos} do not fit caches "
+                f"{kcache.shape} / {vcache.shape} (need equal shapes and pos + T <= TMAX={TMAX})"
+            )
+        out = self.output((B, T, C))
+        self.backend.run(
+            "attention_cached_forward",
+            out.data,
+            kcache.data,
+            vcache.data,
+            qkv.data,
+            B=B,
+            T=T,
+            C=C,
+            NH=NH,
+            pos=self.pos,
+            TMAX=TMAX,
+        )
+        return out
+
+    def __call__(self, qkv: Tensor, kcache: Tensor, vcache: Tensor) -> Tensor:
+        if grad_enabled() and qkv.requires_grad:
+            raise RuntimeError("attention_cached is forward-only: run generation under no_grad()")
+        return super().__call__(qkv, kcache, vcache)
+
+
+def attention_cached(qkv: Tensor, kcache: Tensor, vcache: Tensor, n_head: int, pos: int) -> Tensor:
+    return AttentionCached(qkv.backend, n_head, pos)(qkv, kcache, vcache)

@@ -14,9 +14,11 @@ class Embedding(Op):
     def forward(self, ids: Tensor, weight: Tensor) -> Tensor:
         if ids.dtype != "int32":
             raise ShapeError(f"embedding: ids must be int32, got {ids.dtype} of shape {ids.shape}")
-        check_float("embedding", "weight", weight, 2)
+        check_float("embedding", "weight", weight)
         if weight.ndim != 2:
-            raise ShapeError(f"embedding: weight must be (V, C), got {weight.shape}")
+            raise ShapeError(
+                f"embedding: ids {ids.shape} need a weight table (V, C), got weight {weight.shape}"
+            )
         V, C = weight.shape
         if ids.size:
             host_ids = self.backend.to_numpy(ids.data)

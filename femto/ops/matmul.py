@@ -14,22 +14,32 @@ class Matmul(Op):
 
     def forward(self, inp: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         check_float("matmul", "inp", inp)
-        check_float("matmul", "weight", weight, 2)
+        check_float("matmul", "weight", weight)  # rank: checked below, in a message naming inp
         C = inp.shape[-1]
         if weight.ndim != 2 or weight.shape[1] != C:
-            raise ShapeError(f"matmul: inp {inp.shape} needs weight (OC, {C}), got weight {weight.shape}")
+            raise ShapeError(
+                f"matmul: inp {inp.shape} needs weight (OC, {C}), got weight {weight.shape}"
+            )
         OC = weight.shape[0]
         if bias is not None:
             check_float("matmul", "bias", bias)
             if bias.shape != (OC,):
-                raise ShapeError(f"matmul: weight {weight.shape} needs bias ({OC},), got bias {bias.shape}")
+                raise ShapeError(
+                    f"matmul: weight {weight.shape} needs bias ({OC},), got bias {bias.shape}"
+                )
         N = inp.size // C
         out = self.output((*inp.shape[:-1], OC))
         self.backend.run(
-            "matmul_forward", out.data, inp.data, weight.data, bias.data if bias is not None else None,
-            N=N, C=C, OC=OC,
+            "matmul_forward",
+            out.data,
+            inp.data,
+            weight.data,
+            bias.data if bias is not None else None,
+            N=N,
+            C=C,
+            OC=OC,
         )
-        self.sizes = dict(N=N, C=C, OC=OC)
+        self.sizes = {"N": N, "C": C, "OC": OC}
         return out
 
     def __call__(self, inp: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -42,7 +52,10 @@ class Matmul(Op):
         self.backend.run(
             "matmul_backward",
             *(g.data if g is not None else None for g in (dinp, dweight, dbias)),
-            dout.data, inp.data, weight.data, **self.sizes,
+            dout.data,
+            inp.data,
+            weight.data,
+            **self.sizes,
         )
         return (dinp, dweight, dbias)
 

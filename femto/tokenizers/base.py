@@ -8,12 +8,18 @@ the entry-point group `femto.tokenizers` (name = "module:Class").
 from __future__ import annotations
 
 import abc
+import hashlib
+import json
+import os
 import pathlib
+import tempfile
 from collections.abc import Iterable
 
 from femto.errors import TokenizerError
 
 ENTRY_POINT_GROUP = "femto.tokenizers"
+# TinyStories' story separator; a tokenizer with an end-of-text symbol encodes it as one id
+EOT_MARKER = "<|endoftext|>"
 
 
 class Tokenizer(abc.ABC):
@@ -26,7 +32,11 @@ class Tokenizer(abc.ABC):
     @classmethod
     @abc.abstractmethod
     def train(cls, texts: Iterable[str], vocab_size: int | None = None, **options) -> Tokenizer:
-        """Build from a corpus (an iterable of text chunks); vocab_size None means the natural size."""
+        """Build from a corpus (an iterable of text chunks); vocab_size None means the natural size.
+
+        The option `eot` (a string such as EOT_MARKER, or None) is the corpus's end-of-text marker;
+        a tokenizer that has an end-of-text symbol encodes the marker as `eot_id`.
+        """
 
     @property
     @abc.abstractmethod
@@ -39,15 +49,124 @@ class Tokenizer(abc.ABC):
     @abc.abstractmethod
     def decode(self, ids: Iterable[int]) -> str: ...
 
+    def id_to_piece(self, token_id: int) -> str:
+        """The text one id stands for, for display (`femto tokenize stats`)."""
+        return self.decode([token_id])
+
     @abc.abstractmethod
     def save(self, directory: pathlib.Path) -> dict:
-        """Write the tokenizer's files into `directory` (atomically); return the JSON-able description
-        (with "kind": self.name) that config.json stores and `load` receives back."""
+        """Write the tokenizer's own files into `directory` (atomically, see write_atomic); return the
+        JSON-able description (with "kind": self.name) that `load` receives back. Use
+        `save_tokenizer`, which also stores that description as tokenizer.json."""
 
     @classmethod
     @abc.abstractmethod
     def load(cls, directory: pathlib.Path, description: dict) -> Tokenizer:
         """Rebuild from `save`'s files and description; a broken file raises TokenizerError."""
+
+    def fingerprint(self) -> str:
+        """A content hash: equal for tokenizers that encode every text the same way.
+
+        The token cache is keyed by it. This default hashes what `save` writes; built-in tokenizers
+        override it with something cheaper.
+        """
+        digest = hashlib.sha256(self.name.encode())
+        with tempfile.TemporaryDirectory(prefix="femto-tok-") as tmp:
+            description = self.save(pathlib.Path(tmp))
+            digest.update(json.dumps(description, sort_keys=True).encode())
+            for path in sorted(pathlib.Path(tmp).rglob("*")):
+                if path.is_file():
+                    digest.update(path.name.encode() + b"\0" + path.read_bytes())
+        return digest.hexdigest()
+
+
+def write_atomic(path: pathlib.Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file, fsync and rename: a crash leaves the old file."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json_file(path: pathlib.Path) -> dict:
+    """A tokenizer's JSON file as a dict; missing or unreadable is a TokenizerError naming the file."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise TokenizerError(
+            f"{path} is missing: tokenizer files are written by `femto train` "
+            "or `femto tokenize train --out DIR`"
+        )
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TokenizerError(f"{path} is corrupt: not valid UTF-8 JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise TokenizerError(
+            f"{path} is corrupt: expected a JSON object, found {type(value).__name__}"
+        )
+    return value
+
+
+def file_sha256(path: pathlib.Path) -> str:
+    return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
+
+
+def check_file(directory: pathlib.Path, description: dict, kind: str) -> pathlib.Path:
+    """The tokenizer file a description names, checked against the sha256 it records."""
+    name = description.get("file")
+    if not isinstance(name, str) or pathlib.Path(name).name != name:
+        raise TokenizerError(f'{directory / DESCRIPTION_FILE} is corrupt: bad "file" {name!r}')
+    path = pathlib.Path(directory) / name
+    if not path.is_file():
+        raise TokenizerError(
+            f"{path} is missing: the {kind} tokenizer file is written by `femto train` "
+            "or `femto tokenize train --out DIR`"
+        )
+    expected = description.get("sha256")
+    if expected is not None and file_sha256(path) != expected:
+        raise TokenizerError(
+            f"{path} is corrupt: its sha256 differs from the one recorded when it was saved "
+            "(truncated or edited?); retrain it with `femto tokenize train`"
+        )
+    return path
+
+
+DESCRIPTION_FILE = "tokenizer.json"
+
+
+def save_tokenizer(tokenizer: Tokenizer, directory: pathlib.Path) -> dict:
+    """Save the tokenizer's files and its description (tokenizer.json) into `directory`."""
+    directory = pathlib.Path(directory)
+    description = tokenizer.save(directory)
+    if description.get("kind") != tokenizer.name:
+        raise TokenizerError(
+            f"tokenizer {tokenizer.name!r} saved a description of kind {description.get('kind')!r}"
+        )
+    text = json.dumps(description, indent=1, sort_keys=True) + "\n"
+    write_atomic(directory / DESCRIPTION_FILE, text.encode("utf-8"))
+    return description
+
+
+def load_tokenizer(directory: pathlib.Path, description: dict | None = None) -> Tokenizer:
+    """Rebuild the tokenizer saved in `directory`; its description comes from tokenizer.json unless
+    given (a checkpoint may keep its own copy in config.json)."""
+    directory = pathlib.Path(directory)
+    if description is None:
+        description = read_json_file(directory / DESCRIPTION_FILE)
+    kind = description.get("kind") if isinstance(description, dict) else None
+    if not isinstance(kind, str):
+        raise TokenizerError(
+            f'{directory / DESCRIPTION_FILE} is corrupt: no string "kind" (found {description!r})'
+        )
+    return get_tokenizer_class(kind).load(directory, description)
 
 
 _BUILTIN = {
@@ -80,7 +199,11 @@ def get_tokenizer_class(name: str) -> type[Tokenizer]:
     try:
         cls = getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError) as exc:
-        raise TokenizerError(f"tokenizer {name!r} ({registry[name]}) cannot be loaded: {exc}") from exc
+        raise TokenizerError(
+            f"tokenizer {name!r} ({registry[name]}) cannot be loaded: {exc}"
+        ) from exc
     if not (isinstance(cls, type) and issubclass(cls, Tokenizer)):
-        raise TokenizerError(f"tokenizer {name!r} ({registry[name]}) is not a femto Tokenizer subclass")
+        raise TokenizerError(
+            f"tokenizer {name!r} ({registry[name]}) is not a femto Tokenizer subclass"
+        )
     return cls

@@ -1,0 +1,258 @@
+"""Times femto's matmul kernels beside numpy's `@` (its BLAS, OpenBLAS in the wheels) on the same shapes.
+
+For every GPT layer shape (N tokens per batch, C = n_embd, OC outputs) it times forward `inp @ weight.T`,
+dinp `dout @ weight`, dweight `dout.T @ inp` and the whole backward, femto and numpy interleaved in the same
+run on the same thread count, and prints GFLOP/s and the ratio (and writes them with --json PATH).
+It times the C kernels through the extension directly, not the autograd graph (bench/train_speed.py does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+# numpy reads its BLAS thread count when it is imported, so the count is settled before that import.
+BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2, help="threads for femto and numpy (2)")
+    parser.add_argument("--repeats", type=int, default=15, help="timed rounds per product (15)")
+    parser.add_argument(
+        "--batch-ms", type=float, default=3.0, help="calls per round fill this (3 ms)"
+    )
+    parser.add_argument("--tokens", type=int, nargs="+", default=[768, 2048], help="N values")
+    parser.add_argument("--embd", type=int, nargs="+", default=[64, 128, 256], help="C values")
+    parser.add_argument("--vocab", type=int, nargs="+", default=[65, 500, 1000], help="lm_head OC")
+    parser.add_argument("--json", metavar="PATH", help="also write the table as JSON here")
+    args = parser.parse_args(argv)
+    if args.threads < 1 or args.repeats < 1:
+        parser.error(f"--threads and --repeats must be >= 1, got {args.threads} and {args.repeats}")
+    return args
+
+
+def limit_blas_threads(threads: int) -> Any:
+    """Returns a threadpoolctl limiter when available; else pins the BLAS through its environment,
+    re-executing this script if numpy was already imported with another setting."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        wanted = str(threads)
+        if all(os.environ.get(var) == wanted for var in BLAS_THREAD_VARS):
+            return None
+        for var in BLAS_THREAD_VARS:
+            os.environ[var] = wanted
+        if "numpy" in sys.modules:
+            os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+        return None
+    return threadpool_limits(limits=threads, user_api="blas")
+
+
+ARGS = parse_args() if __name__ == "__main__" else None
+LIMITER = limit_blas_threads(ARGS.threads) if ARGS is not None else None
+
+# In a checkout, time the kernels built beside this script, not some other installed femto.
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if (ROOT / "femto" / "__init__.py").exists():
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # after the BLAS thread count is pinned
+
+from femto.backend import cpu as cpu_backend
+from femto.backend.cpu import CPUBackend
+
+lib, ffi = cpu_backend._cpu.lib, cpu_backend._cpu.ffi
+
+
+def layer_shapes(
+    tokens: list[int], embd: list[int], vocab: list[int]
+) -> list[tuple[str, int, int, int]]:
+    """(layer, N, C, OC) for every linear layer of a GPT-2 block plus the lm_head."""
+    shapes = []
+    for N in tokens:
+        for C in embd:
+            shapes += [
+                ("attn.c_attn", N, C, 3 * C),
+                ("attn.c_proj", N, C, C),
+                ("mlp.c_fc", N, C, 4 * C),
+                ("mlp.c_proj", N, 4 * C, C),
+            ]
+            shapes += [(f"lm_head V={V}", N, C, V) for V in vocab]
+    return shapes
+
+
+def per_call_seconds(fn: Callable[[], Any], calls: int) -> float:
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - start) / calls
+
+
+def compare(
+    femto_fn: Callable[[], Any], numpy_fn: Callable[[], Any], repeats: int, batch_s: float
+) -> tuple[float, float]:
+    """Median seconds per call of each, timed in alternating rounds so that load from other processes
+    hits both alike. Each round makes enough calls to fill batch_s, so timer overhead stays negligible."""
+    for fn in (femto_fn, numpy_fn, femto_fn, numpy_fn):  # warm-up: pages, caches, thread pools
+        fn()
+    one = min(per_call_seconds(numpy_fn, 1), per_call_seconds(femto_fn, 1))
+    calls = max(1, math.ceil(batch_s / max(one, 1e-7)))
+    femto_t, numpy_t = [], []
+    for _ in range(repeats):
+        femto_t.append(per_call_seconds(femto_fn, calls))
+        numpy_t.append(per_call_seconds(numpy_fn, calls))
+    return statistics.median(femto_t), statistics.median(numpy_t)
+
+
+def ptr(array: np.ndarray | None) -> Any:
+    return ffi.NULL if array is None else ffi.cast("float *", array.ctypes.data)
+
+
+def max_rel_err(got: np.ndarray, want: np.ndarray) -> float:
+    return float(np.max(np.abs(got - want)) / (np.max(np.abs(want)) + 1e-30))
+
+
+def bench_shape(layer: str, N: int, C: int, OC: int, args: argparse.Namespace) -> list[dict]:
+    rng = np.random.default_rng(0)
+    inp = rng.standard_normal((N, C), dtype=np.float32)  # (N, C)
+    weight = rng.standard_normal((OC, C), dtype=np.float32)  # (OC, C)
+    dout = rng.standard_normal((N, OC), dtype=np.float32)  # (N, OC)
+    out = np.empty((N, OC), np.float32)
+    dinp, dweight, dbias = (
+        np.zeros((N, C), np.float32),
+        np.zeros((OC, C), np.float32),
+        np.zeros(OC, np.float32),
+    )
+    p_inp, p_w, p_dout, p_out = ptr(inp), ptr(weight), ptr(dout), ptr(out)
+    p_dinp, p_dw, p_db = ptr(dinp), ptr(dweight), ptr(dbias)
+
+    # Check each product once against numpy before timing it: a fast wrong kernel is no result.
+    lib.matmul_forward(p_out, p_inp, p_w, ffi.NULL, N, C, OC)
+    lib.matmul_backward(p_dinp, p_dw, p_db, p_dout, p_inp, p_w, N, C, OC)
+    errors = {
+        "forward": max_rel_err(out, inp @ weight.T),
+        "dinp": max_rel_err(dinp, dout @ weight),
+        "dweight": max_rel_err(dweight, dout.T @ inp),
+        "dbias": max_rel_err(dbias, dout.sum(axis=0)),
+    }
+    bad = {k: v for k, v in errors.items() if not v < 1e-4}
+    if bad:
+        raise SystemExit(f"matmul {layer} N={N} C={C} OC={OC}: femto disagrees with numpy: {bad}")
+
+    def numpy_backward() -> None:
+        dout @ weight
+        dout.T @ inp
+        dout.sum(axis=0)
+
+    macs = N * C * OC
+    products = [
+        ("forward", 2 * macs, lambda: lib.matmul_forward(p_out, p_inp, p_w, ffi.NULL, N, C, OC),
+         lambda: inp @ weight.T),
+        ("dinp", 2 * macs, lambda: lib.matmul_backward(p_dinp, ffi.NULL, ffi.NULL, p_dout, p_inp, p_w, N, C, OC),
+         lambda: dout @ weight),
+        ("dweight", 2 * macs, lambda: lib.matmul_backward(ffi.NULL, p_dw, ffi.NULL, p_dout, p_inp, p_w, N, C, OC),
+         lambda: dout.T @ inp),
+        ("backward", 4 * macs + N * OC, lambda: lib.matmul_backward(p_dinp, p_dw, p_db, p_dout, p_inp, p_w, N, C, OC),
+         numpy_backward),
+    ]  # fmt: skip
+    rows = []
+    for product, flops, femto_fn, numpy_fn in products:
+        femto_s, numpy_s = compare(femto_fn, numpy_fn, args.repeats, args.batch_ms / 1e3)
+        rows.append(
+            {
+                "layer": layer, "N": N, "C": C, "OC": OC, "product": product,
+                "femto_gflops": flops / femto_s / 1e9, "numpy_gflops": flops / numpy_s / 1e9,
+                "ratio": numpy_s / femto_s, "femto_ms": femto_s * 1e3, "numpy_ms": numpy_s * 1e3,
+            }
+        )  # fmt: skip
+    return rows
+
+
+def blas_description() -> str:
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        config = (
+            np.show_config(mode="dicts") if np.lib.NumpyVersion(np.__version__) >= "1.26.0" else {}
+        )
+        blas = config.get("Build Dependencies", {}).get("blas", {})
+        threads = os.environ.get("OPENBLAS_NUM_THREADS", "?")
+        return f"{blas.get('name', 'unknown BLAS')} {blas.get('version', '')} (threads via env: {threads})"
+    pools = [p for p in threadpool_info() if p.get("user_api") == "blas"]
+    return "; ".join(
+        f"{p['internal_api']} {p['version']} {p['num_threads']} threads" for p in pools
+    )
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def summarise(rows: list[dict]) -> dict[str, dict[str, float]]:
+    summary = {}
+    for product in ("forward", "dinp", "dweight", "backward"):
+        ratios = [r["ratio"] for r in rows if r["product"] == product]
+        summary[product] = {
+            "min_ratio": min(ratios),
+            "geomean_ratio": math.exp(sum(math.log(x) for x in ratios) / len(ratios)),
+            "below_0.7": sum(x < 0.7 for x in ratios),
+            "below_0.9": sum(x < 0.9 for x in ratios),
+        }
+    return summary
+
+
+def main(args: argparse.Namespace) -> None:
+    CPUBackend.set_num_threads(args.threads)
+    blas = blas_description()
+    print(
+        f"femto matmul vs numpy {np.__version__} ({blas}) on {cpu_name()}, {args.threads} threads"
+    )
+    print(f"median of {args.repeats} interleaved rounds of >= {args.batch_ms:g} ms each")
+    header = f"{'layer':<16}{'N':>6}{'C':>6}{'OC':>6}  {'product':<9}{'femto GF/s':>11}{'numpy GF/s':>11}{'ratio':>7}"
+    print(header)
+    print("-" * len(header))
+    rows = []
+    for layer, N, C, OC in layer_shapes(args.tokens, args.embd, args.vocab):
+        for row in bench_shape(layer, N, C, OC, args):
+            rows.append(row)
+            print(
+                f"{layer:<16}{N:>6}{C:>6}{OC:>6}  {row['product']:<9}{row['femto_gflops']:>11.1f}"
+                f"{row['numpy_gflops']:>11.1f}{row['ratio']:>7.2f}",
+                flush=True,
+            )
+    summary = summarise(rows)
+    print()
+    for product, s in summary.items():
+        print(
+            f"{product:<9} ratio min {s['min_ratio']:.2f}  geomean {s['geomean_ratio']:.2f}  "
+            f"shapes below 0.7: {s['below_0.7']}  below 0.9: {s['below_0.9']}"
+        )
+    if args.json:
+        result = {
+            "threads": args.threads, "repeats": args.repeats, "cpu": cpu_name(),
+            "numpy": np.__version__, "blas": blas, "rows": rows, "summary": summary,
+        }  # fmt: skip
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main(ARGS)

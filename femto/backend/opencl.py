@@ -1,0 +1,599 @@
+"""The OpenCL backend: device-resident buffers, kernels from kernels/<op>.cl run through pyopencl.
+
+It implements the same protocol as the CPU backend, so ops, graph and model never know which one runs.
+`LAUNCHES` maps each C kernel name (csrc/femto.h) to the OpenCL kernel(s) it enqueues and their launch
+geometry. It does not pick a device silently: "opencl" means the first GPU, else the first device (logged);
+"opencl:P:D" means exactly platform P, device D.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from femto.backend.base import DTYPES, dtype_name
+from femto.errors import BackendUnavailable, KernelBuildError
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = (
+    "install your GPU vendor's OpenCL driver (NVIDIA, AMD or Intel), or run on the CPU through PoCL "
+    "with `pip install pocl-binary-distribution`"
+)
+
+# Work-group size of the reductions; the .cl files declare their __local scratch with the same bound.
+REDUCE_LOCAL = 256
+# Side of the square output tile each matmul work-group computes (TILE in kernels/matmul.cl).
+MATMUL_TILE = 64
+MATMUL_LOCAL = (8, 8)  # each work-item computes an 8x8 block of the 64x64 tile
+# Work-group size of one-work-item-per-element kernels.
+ELEMENTWISE_LOCAL = 64
+# Column groups of embedding_backward: work-item (c, g) owns dweight[v, c] for every v with v % G == g.
+EMBEDDING_GROUPS = 16
+# Work-groups of the first sum_squares pass (a fixed number, so the sum order never changes).
+SUM_SQUARES_GROUPS = 64
+# Kernel sizes are int arguments: tensors past 2**31 - 1 elements would overflow their index math.
+MAX_ELEMENTS = 2**31 - 1
+
+
+def _import_pyopencl() -> Any:
+    try:
+        import pyopencl
+    except ImportError as exc:
+        raise BackendUnavailable(
+            f"the opencl device needs pyopencl ({exc}): pip install pyopencl"
+        ) from exc
+    return pyopencl
+
+
+def _platforms(cl: Any) -> list[Any]:
+    try:
+        platforms = cl.get_platforms()
+    except cl.Error as exc:  # the ICD loader reports "no platform" as an error, not an empty list
+        raise BackendUnavailable(f"no OpenCL platform found ({exc}): {INSTALL_HINT}") from exc
+    if not platforms:
+        raise BackendUnavailable(f"no OpenCL platform found: {INSTALL_HINT}")
+    return platforms
+
+
+def _devices(cl: Any, platform: Any) -> list[Any]:
+    try:
+        return platform.get_devices()
+    except cl.Error:  # a platform with no device of any type raises DEVICE_NOT_FOUND
+        return []
+
+
+def _device_type(cl: Any, device: Any) -> str:
+    # PoCL reports its CPU device as ALL | CPU, so test the bits rather than print the flag set
+    for bit, label in ((cl.device_type.GPU, "GPU"), (cl.device_type.ACCELERATOR, "ACCEL"),
+                       (cl.device_type.CPU, "CPU")):  # fmt: skip
+        if device.type & bit:
+            return label
+    return "OTHER"
+
+
+def list_devices() -> list[dict[str, Any]]:
+    """Every OpenCL device as {platform, device, platform_name, name, type, memory_bytes,
+    compute_units, max_work_group_size, version}; platform and device are the P and D of opencl:P:D."""
+    cl = _import_pyopencl()
+    rows = []
+    for p, platform in enumerate(_platforms(cl)):
+        for d, device in enumerate(_devices(cl, platform)):
+            rows.append(
+                {
+                    "platform": p,
+                    "device": d,
+                    "platform_name": platform.name.strip(),
+                    "name": device.name.strip(),
+                    "type": _device_type(cl, device),
+                    "memory_bytes": int(device.global_mem_size),
+                    "compute_units": int(device.max_compute_units),
+                    "max_work_group_size": int(device.max_work_group_size),
+                    "version": device.version.strip(),
+                }
+            )
+    return rows
+
+
+def _parse_device_spec(spec: str) -> tuple[int, int]:
+    parts = spec.split(":")
+    if len(parts) != 2 or not all(part.isdigit() for part in parts):
+        raise BackendUnavailable(
+            f"bad OpenCL device {spec!r}: expected opencl:PLATFORM:DEVICE with two numbers, e.g. "
+            "opencl:0:0 (see `femto devices`)"
+        )
+    return int(parts[0]), int(parts[1])
+
+
+def choose_device(spec: str | None = None) -> Any:
+    """The pyopencl device for 'P:D', or, with no spec, the first GPU, else the first device."""
+    cl = _import_pyopencl()
+    platforms = _platforms(cl)
+    if spec is not None:
+        p, d = _parse_device_spec(spec)
+        if p >= len(platforms):
+            raise BackendUnavailable(
+                f"no OpenCL platform {p}: this machine has {len(platforms)} "
+                f"(platforms 0..{len(platforms) - 1}, see `femto devices`)"
+            )
+        devices = _devices(cl, platforms[p])
+        if d >= len(devices):
+            raise BackendUnavailable(
+                f"no device {d} on OpenCL platform {p} ({platforms[p].name.strip()}): it has "
+                f"{len(devices)} device(s), see `femto devices`"
+            )
+        return devices[d]
+    everything = [
+        (p, d, dev) for p, pf in enumerate(platforms) for d, dev in enumerate(_devices(cl, pf))
+    ]
+    if not everything:
+        raise BackendUnavailable(f"OpenCL platforms exist but none has a device: {INSTALL_HINT}")
+    gpus = [entry for entry in everything if _device_type(cl, entry[2]) == "GPU"]
+    p, d, device = (gpus or everything)[0]
+    kind = "GPU" if gpus else "no GPU found, first device"
+    log.info("opencl: using %s (opencl:%d:%d, %s)", device.name.strip(), p, d, kind)
+    return device
+
+
+def find_kernels_dir() -> pathlib.Path:
+    """kernels/ beside the package in a source checkout, femto/kernels inside an installed wheel."""
+    package = pathlib.Path(__file__).resolve().parents[1]
+    for candidate in (package.parent / "kernels", package / "kernels"):
+        if (candidate / "matmul.cl").exists():
+            return candidate
+    raise BackendUnavailable(
+        f"OpenCL kernel sources not found in {package.parent / 'kernels'} or {package / 'kernels'}: "
+        "reinstall femto (`pip install .`)"
+    )
+
+
+class CLBuffer:
+    """A flat device buffer of `size` elements of `dtype` ('float32' or 'int32')."""
+
+    __slots__ = ("buf", "dtype", "size")
+
+    def __init__(self, buf: Any, size: int, dtype: str):
+        self.buf = buf
+        self.size = size
+        self.dtype = dtype
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * 4
+
+    def __repr__(self) -> str:
+        return f"CLBuffer(size={self.size}, dtype={self.dtype})"
+
+
+# One enqueue: (CL kernel name, global size, local size or None, arguments in CL order).
+Launch = tuple[str, tuple[int, ...], "tuple[int, ...] | None", list]
+_programs: dict[tuple[int, str, str], Any] = {}  # (id of context, path, options) -> built program
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return (n + multiple - 1) // multiple * multiple
+
+
+def _pow2_at_most(n: int, cap: int) -> int:
+    """The smallest power of two >= n, capped: the local size of a reduction over n items."""
+    size = 1
+    while size < n and size < cap:
+        size *= 2
+    return size
+
+
+class OpenCLBackend:
+    """Buffers live on one OpenCL device; the queue is in order, so kernels see earlier results."""
+
+    name = "opencl"
+
+    def __init__(
+        self,
+        device: str | None = None,
+        kernels_dir: str | os.PathLike | None = None,
+        build_options: Sequence[str] = (),
+    ):
+        cl = _import_pyopencl()
+        self._cl = cl
+        self.device = choose_device(device)
+        self.device_name = f"{self.device.name.strip()} ({self.device.platform.name.strip()})"
+        self.context = cl.Context([self.device])
+        self.queue = cl.CommandQueue(self.context)
+        self.kernels_dir = pathlib.Path(kernels_dir) if kernels_dir else find_kernels_dir()
+        self.build_options = tuple(build_options)
+        self._kernels: dict[str, Any] = {}
+        self._scratch: dict[str, CLBuffer] = {}
+        # reductions halve the local size each step, so it must be a power of two
+        self._reduce_local = REDUCE_LOCAL
+        while self._reduce_local > int(self.device.max_work_group_size):
+            self._reduce_local //= 2
+
+    # ---- buffers ----
+
+    def empty(self, n: int, dtype: str = "float32") -> CLBuffer:
+        if dtype not in DTYPES:
+            raise TypeError(f"unsupported dtype {dtype!r}: femto buffers are float32 or int32")
+        if n > MAX_ELEMENTS:
+            raise BackendUnavailable(
+                f"a buffer of {n:,} elements exceeds the OpenCL backend's limit of {MAX_ELEMENTS:,} "
+                "(kernel indices are 32-bit): use a smaller batch or model"
+            )
+        # OpenCL forbids zero-byte buffers; an empty tensor keeps a 4-byte buffer and size 0
+        buf = self._cl.Buffer(self.context, self._cl.mem_flags.READ_WRITE, max(4 * n, 4))
+        return CLBuffer(buf, n, dtype)
+
+    def zeros(self, n: int, dtype: str = "float32") -> CLBuffer:
+        buf = self.empty(n, dtype)
+        self.zero_(buf)
+        return buf
+
+    def from_numpy(self, array: np.ndarray) -> CLBuffer:
+        dtype = dtype_name(array)  # rejects float64 and friends
+        host = np.ascontiguousarray(array).reshape(-1)
+        buf = self.empty(host.size, dtype)
+        if host.size:
+            self._cl.enqueue_copy(self.queue, buf.buf, host, is_blocking=True)
+        return buf
+
+    def to_numpy(self, buf: CLBuffer) -> np.ndarray:
+        host = np.empty(buf.size, dtype=DTYPES[buf.dtype])
+        if buf.size:
+            self._cl.enqueue_copy(self.queue, host, buf.buf, is_blocking=True)
+        return host
+
+    def zero_(self, buf: CLBuffer) -> None:
+        if buf.size:
+            self._cl.enqueue_fill_buffer(self.queue, buf.buf, np.uint32(0), 0, buf.nbytes)
+
+    def copy_(self, dst: CLBuffer, src: CLBuffer) -> None:
+        if dst.size != src.size or dst.dtype != src.dtype:
+            raise TypeError(f"copy_ from {src} into {dst}: sizes and dtypes must match")
+        if src.size:
+            self._cl.enqueue_copy(self.queue, dst.buf, src.buf, byte_count=src.nbytes)
+
+    def scratch(self, key: str, n: int) -> CLBuffer:
+        """A float32 work buffer of at least n elements, reused across calls (the queue is in order)."""
+        buf = self._scratch.get(key)
+        if buf is None or buf.size < n:
+            buf = self.empty(n)
+            self._scratch[key] = buf
+        return buf
+
+    def synchronize(self) -> None:
+        self.queue.finish()
+
+    # ---- kernels ----
+
+    def kernel_names(self) -> set[str]:
+        return set(LAUNCHES)
+
+    def _program(self, stem: str) -> Any:
+        path = self.kernels_dir / f"{stem}.cl"
+        options = " ".join(("-cl-std=CL1.2", *self.build_options))
+        key = (id(self.context), str(path), options)
+        program = _programs.get(key)
+        if program is None:
+            try:
+                source = path.read_text()
+            except OSError as exc:
+                raise KernelBuildError(f"cannot read OpenCL kernel file {path}: {exc}") from exc
+            program = self._cl.Program(self.context, source)
+            try:
+                # pyopencl keeps built binaries in its on-disk cache, so this compiles once per machine
+                program.build(options=options)
+            except self._cl.Error as exc:
+                build_log = program.get_build_info(self.device, self._cl.program_build_info.LOG)
+                raise KernelBuildError(
+                    f"OpenCL kernel file {path} failed to build for {self.device_name}:\n"
+                    f"{(build_log or str(exc)).strip()}"
+                ) from exc
+            _programs[key] = program
+        return program
+
+    def _kernel(self, cl_name: str) -> Any:
+        kernel = self._kernels.get(cl_name)
+        if kernel is None:
+            program = self._program(STEMS[cl_name])
+            kernel = self._cl.Kernel(program, cl_name)
+            self._kernels[cl_name] = kernel
+        return kernel
+
+    def build_all(self) -> None:
+        """Compile every kernel file now (otherwise each is built on first use)."""
+        for cl_name in STEMS:
+            self._kernel(cl_name)
+
+    def run(self, name: str, *bufs: Any, **scalars: float) -> None:
+        """Enqueue kernel `name` with the C prototype's arguments: buffers (None = NULL), then scalars."""
+        plan = LAUNCHES.get(name)
+        if plan is None:
+            raise KeyError(f"no OpenCL kernel {name!r}; known: {', '.join(sorted(LAUNCHES))}")
+        for buf in bufs:
+            if buf is not None and not isinstance(buf, CLBuffer):
+                raise TypeError(
+                    f"{name}: got {type(buf).__name__}, expected a buffer of this backend"
+                )
+        for cl_name, global_size, local_size, args in plan(self, bufs, scalars):
+            if 0 in global_size:
+                continue
+            cl_args = [arg.buf if isinstance(arg, CLBuffer) else arg for arg in args]
+            self._kernel(cl_name)(self.queue, global_size, local_size, *cl_args)
+
+
+# ---- launch table: C kernel name -> the CL kernels it enqueues ----
+# Each plan gets (backend, buffers as passed to run, scalars by keyword) and returns Launch tuples.
+# Sizes travel as np.int32 because pyopencl rejects a bare Python int for an `int` argument.
+
+i32, u32, f32 = np.int32, np.uint32, np.float32
+
+
+def _elementwise(n: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """One work-item per element. A fixed local size, with the global size rounded up to it (kernels
+    guard with `if (i >= N) return;`): left to choose, a driver may pick tiny groups for odd n."""
+    return (_round_up(n, ELEMENTWISE_LOCAL),), (ELEMENTWISE_LOCAL,)
+
+
+def _rows(be: OpenCLBackend, rows: int, width: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """One work-group per row, reducing over `width` items."""
+    local = _pow2_at_most(width, be._reduce_local)
+    return (rows * local,), (local,)
+
+
+def _tiles(rows: int, cols: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """matmul grid: dimension 0 walks output columns, dimension 1 rows, MATMUL_TILE per work-group."""
+    lx, ly = MATMUL_LOCAL
+    g0 = _round_up(cols, MATMUL_TILE) // MATMUL_TILE * lx
+    g1 = _round_up(rows, MATMUL_TILE) // MATMUL_TILE * ly
+    return (g0, g1), (lx, ly)
+
+
+def _matmul_forward(be, bufs, s) -> list[Launch]:
+    out, inp, weight, bias = bufs
+    N, C, OC = s["N"], s["C"], s["OC"]
+    return [("matmul_forward", *_tiles(N, OC), [out, inp, weight, bias, i32(N), i32(C), i32(OC)])]
+
+
+def _matmul_backward(be, bufs, s) -> list[Launch]:
+    dinp, dweight, dbias, dout, inp, weight = bufs
+    N, C, OC = s["N"], s["C"], s["OC"]
+    sizes = [i32(N), i32(C), i32(OC)]
+    plan = []
+    if dinp is not None:  # (N, C) += dout (N, OC) @ weight (OC, C)
+        plan.append(("matmul_backward_dinp", *_tiles(N, C), [dinp, dout, weight, *sizes]))
+    if dweight is not None:  # (OC, C) += dout^T (OC, N) @ inp (N, C)
+        plan.append(("matmul_backward_dweight", *_tiles(OC, C), [dweight, dout, inp, *sizes]))
+    if dbias is not None:
+        plan.append(("matmul_backward_dbias", *_rows(be, OC, N), [dbias, dout, *sizes]))
+    return plan
+
+
+def _embedding_forward(be, bufs, s) -> list[Launch]:
+    out, ids, weight = bufs
+    N, C = s["N"], s["C"]
+    return [("embedding_forward", *_elementwise(N * C), [out, ids, weight, i32(N), i32(C)])]
+
+
+def _embedding_backward(be, bufs, s) -> list[Launch]:
+    dweight, dout, ids = bufs
+    N, V, C = s["N"], s["V"], s["C"]
+    groups = min(EMBEDDING_GROUPS, max(V, 1))
+    return [
+        (
+            "embedding_backward",
+            (C, groups),
+            None,
+            [dweight, dout, ids, i32(N), i32(V), i32(C), i32(groups)],
+        )
+    ]
+
+
+def _add_forward(be, bufs, s) -> list[Launch]:
+    out, a, b = bufs
+    N, M = s["N"], s["M"]
+    return [("add_forward", *_elementwise(N), [out, a, b, i32(N), i32(M)])]
+
+
+def _add_backward(be, bufs, s) -> list[Launch]:
+    da, db, dout = bufs
+    N, M = s["N"], s["M"]
+    plan = []
+    if da is not None:
+        plan.append(("add_backward_da", *_elementwise(N), [da, dout, i32(N), i32(M)]))
+    if db is not None:
+        plan.append(("add_backward_db", *_elementwise(M), [db, dout, i32(N), i32(M)]))
+    return plan
+
+
+def _layernorm_forward(be, bufs, s) -> list[Launch]:
+    out, mean, rstd, inp, weight, bias = bufs
+    N, C = s["N"], s["C"]
+    return [
+        (
+            "layernorm_forward",
+            *_rows(be, N, C),
+            [out, mean, rstd, inp, weight, bias, i32(N), i32(C)],
+        )
+    ]
+
+
+def _layernorm_backward(be, bufs, s) -> list[Launch]:
+    dinp, dweight, dbias, dout, inp, weight, mean, rstd = bufs
+    N, C = s["N"], s["C"]
+    plan = []
+    if dinp is not None:
+        args = [dinp, dout, inp, weight, mean, rstd, i32(N), i32(C)]
+        plan.append(("layernorm_backward_dinp", *_rows(be, N, C), args))
+    if dweight is not None or dbias is not None:
+        args = [dweight, dbias, dout, inp, mean, rstd, i32(N), i32(C)]
+        plan.append(("layernorm_backward_dparams", *_elementwise(C), args))
+    return plan
+
+
+def _gelu_forward(be, bufs, s) -> list[Launch]:
+    out, inp = bufs
+    return [("gelu_forward", *_elementwise(s["N"]), [out, inp, i32(s["N"])])]
+
+
+def _gelu_backward(be, bufs, s) -> list[Launch]:
+    dinp, dout, inp = bufs
+    return [("gelu_backward", *_elementwise(s["N"]), [dinp, dout, inp, i32(s["N"])])]
+
+
+def _attention_forward(be, bufs, s) -> list[Launch]:
+    out, att, qkv = bufs
+    B, T, C, NH = s["B"], s["T"], s["C"], s["NH"]
+    sizes = [i32(B), i32(T), i32(C), i32(NH)]
+    return [("attention_forward", *_rows(be, B * NH * T, T), [out, att, qkv, *sizes])]
+
+
+def _attention_backward(be, bufs, s) -> list[Launch]:
+    dqkv, dout, qkv, att, out = bufs
+    B, T, C, NH = s["B"], s["T"], s["C"], s["NH"]
+    sizes = [i32(B), i32(T), i32(C), i32(NH)]
+    # dscores (B, NH, T, T) = att * (dout.v - dout.out) / sqrt(HS), then two gathers from it:
+    # dq by query row, dk and dv by key column, so every element of dqkv has one owner
+    dscores = be.scratch("attention_dscores", B * NH * T * T)
+    return [
+        (
+            "attention_backward_dscores",
+            *_rows(be, B * NH * T, T),
+            [dscores, dout, qkv, att, out, *sizes],
+        ),
+        ("attention_backward_dq", *_elementwise(B * T * C), [dqkv, dscores, qkv, *sizes]),
+        (
+            "attention_backward_dkv",
+            *_elementwise(B * T * C),
+            [dqkv, dscores, dout, qkv, att, *sizes],
+        ),
+    ]
+
+
+def _attention_cached_forward(be, bufs, s) -> list[Launch]:
+    out, kcache, vcache, qkv = bufs
+    B, T, C, NH, pos, TMAX = s["B"], s["T"], s["C"], s["NH"], s["pos"], s["TMAX"]
+    sizes = [i32(B), i32(T), i32(C), i32(NH), i32(pos), i32(TMAX)]
+    scores = be.scratch("attention_cached_scores", B * NH * T * TMAX)
+    return [
+        ("attention_cache_store", *_elementwise(B * T * C), [kcache, vcache, qkv, *sizes]),
+        (
+            "attention_cached_forward",
+            *_rows(be, B * NH * T, pos + T),
+            [out, scores, kcache, vcache, qkv, *sizes],
+        ),
+    ]
+
+
+def _dropout_forward(be, bufs, s) -> list[Launch]:
+    out, inp = bufs
+    N = s["N"]
+    return [("dropout_forward", *_elementwise(N), [out, inp, i32(N), f32(s["p"]), u32(s["seed"])])]
+
+
+def _dropout_backward(be, bufs, s) -> list[Launch]:
+    dinp, dout = bufs
+    N = s["N"]
+    return [
+        ("dropout_backward", *_elementwise(N), [dinp, dout, i32(N), f32(s["p"]), u32(s["seed"])])
+    ]
+
+
+def _crossentropy_forward(be, bufs, s) -> list[Launch]:
+    loss, logsumexp, logits, targets = bufs
+    N, V = s["N"], s["V"]
+    local = _pow2_at_most(N, be._reduce_local)
+    return [
+        ("crossentropy_forward", *_rows(be, N, V), [logsumexp, logits, i32(N), i32(V)]),
+        (
+            "crossentropy_loss",
+            (local,),
+            (local,),
+            [loss, logsumexp, logits, targets, i32(N), i32(V)],
+        ),
+    ]
+
+
+def _crossentropy_backward(be, bufs, s) -> list[Launch]:
+    dlogits, dloss, logits, targets, logsumexp = bufs
+    N, V = s["N"], s["V"]
+    args = [dlogits, dloss, logits, targets, logsumexp, i32(N), i32(V)]
+    return [("crossentropy_backward", *_elementwise(N * V), args)]
+
+
+def _adamw_update(be, bufs, s) -> list[Launch]:
+    param, m, v, grad = bufs
+    N = s["N"]
+    hyper = [f32(s[k]) for k in ("lr", "beta1", "beta2", "eps", "weight_decay", "grad_scale")]
+    return [("adamw_update", *_elementwise(N), [param, m, v, grad, i32(N), *hyper, i32(s["step"])])]
+
+
+def _sum_squares(be, bufs, s) -> list[Launch]:
+    out, inp = bufs
+    N = s["N"]
+    local = be._reduce_local
+    partial = be.scratch("sum_squares_partial", SUM_SQUARES_GROUPS)
+    groups = SUM_SQUARES_GROUPS
+    final = _pow2_at_most(groups, local)
+    return [
+        ("sum_squares_partial", (groups * local,), (local,), [partial, inp, i32(N)]),
+        ("sum_squares", (final,), (final,), [out, partial, i32(groups)]),
+    ]
+
+
+LAUNCHES: dict[str, Callable[..., list[Launch]]] = {
+    "matmul_forward": _matmul_forward,
+    "matmul_backward": _matmul_backward,
+    "embedding_forward": _embedding_forward,
+    "embedding_backward": _embedding_backward,
+    "add_forward": _add_forward,
+    "add_backward": _add_backward,
+    "layernorm_forward": _layernorm_forward,
+    "layernorm_backward": _layernorm_backward,
+    "gelu_forward": _gelu_forward,
+    "gelu_backward": _gelu_backward,
+    "attention_forward": _attention_forward,
+    "attention_backward": _attention_backward,
+    "attention_cached_forward": _attention_cached_forward,
+    "dropout_forward": _dropout_forward,
+    "dropout_backward": _dropout_backward,
+    "crossentropy_forward": _crossentropy_forward,
+    "crossentropy_backward": _crossentropy_backward,
+    "adamw_update": _adamw_update,
+    "sum_squares": _sum_squares,
+}
+
+# CL kernel name -> the .cl file (stem) that defines it
+STEMS: dict[str, str] = {
+    "matmul_forward": "matmul",
+    "matmul_backward_dinp": "matmul",
+    "matmul_backward_dweight": "matmul",
+    "matmul_backward_dbias": "matmul",
+    "embedding_forward": "embedding",
+    "embedding_backward": "embedding",
+    "add_forward": "add",
+    "add_backward_da": "add",
+    "add_backward_db": "add",
+    "layernorm_forward": "layernorm",
+    "layernorm_backward_dinp": "layernorm",
+    "layernorm_backward_dparams": "layernorm",
+    "gelu_forward": "gelu",
+    "gelu_backward": "gelu",
+    "attention_forward": "attention",
+    "attention_backward_dscores": "attention",
+    "attention_backward_dq": "attention",
+    "attention_backward_dkv": "attention",
+    "attention_cache_store": "attention",
+    "attention_cached_forward": "attention",
+    "dropout_forward": "dropout",
+    "dropout_backward": "dropout",
+    "crossentropy_forward": "crossentropy",
+    "crossentropy_loss": "crossentropy",
+    "crossentropy_backward": "crossentropy",
+    "adamw_update": "adamw",
+    "sum_squares_partial": "adamw",
+    "sum_squares": "adamw",
+}

@@ -1,0 +1,461 @@
+"""The run directory: safetensors weights and optimizer moments, config.json, metrics.jsonl.
+
+Everything here is host arrays and JSON; no backend is touched. Files are written atomically, and a
+checkpoint (three files) is committed through a small journal so that a crash at any instant leaves the
+last complete checkpoint readable. Nothing is unpickled or executed while loading.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import tempfile
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from femto.errors import CheckpointError, ConfigError
+from femto.model import GPTConfig
+
+FORMAT_VERSION = 1
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+JOURNAL_FILE = ".checkpoint-commit.json"
+CHECKPOINT_FILES = (MODEL_FILE, OPTIMIZER_FILE, CONFIG_FILE)
+MAX_HEADER_BYTES = 100_000_000  # the safetensors reference implementation's limit
+_F32 = np.dtype("<f4")
+
+
+# ---- atomic files ----
+
+
+def _fsync_dir(directory: pathlib.Path) -> None:
+    """Make renames inside `directory` durable (a rename is only on disk once the directory is)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_synced(path: pathlib.Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_atomic(path: pathlib.Path, data: bytes) -> None:
+    """Write `data` to a temporary file beside `path`, fsync it, rename it over `path`, fsync the dir."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; run files are ordinary readable files
+        _write_synced(pathlib.Path(tmp), data)
+        os.replace(tmp, path)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+# ---- safetensors ----
+
+
+def encode_safetensors(
+    tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None
+) -> bytes:
+    """The safetensors bytes: u64 little-endian header length, JSON header, then the raw F32 data.
+
+    The header is padded with spaces to a multiple of 8 bytes, as the reference writer does, so every
+    tensor starts aligned.
+    """
+    header: dict[str, object] = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    chunks: list[bytes] = []
+    offset = 0
+    for name in sorted(tensors):
+        array = np.ascontiguousarray(tensors[name], dtype=_F32)
+        raw = array.tobytes()
+        header[name] = {
+            "dtype": "F32",
+            "shape": list(array.shape),
+            "data_offsets": [offset, offset + len(raw)],
+        }
+        chunks.append(raw)
+        offset += len(raw)
+    header_bytes = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    header_bytes += b" " * (-len(header_bytes) % 8)
+    return len(header_bytes).to_bytes(8, "little") + header_bytes + b"".join(chunks)
+
+
+def save_safetensors(path: pathlib.Path, tensors: dict[str, np.ndarray], metadata=None) -> None:
+    write_atomic(path, encode_safetensors(tensors, metadata))
+
+
+def decode_safetensors(buf: bytes, source: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Parse and strictly validate safetensors bytes; every problem names `source` (the file)."""
+    size = len(buf)
+    if size < 8:
+        raise CheckpointError(
+            f"{source} is truncated: {size} bytes, too short for a safetensors header"
+        )
+    n = int.from_bytes(buf[:8], "little")
+    if n > MAX_HEADER_BYTES:
+        raise CheckpointError(f"{source} is corrupt: header length {n:,} bytes is implausible")
+    if 8 + n > size:
+        raise CheckpointError(
+            f"{source} is truncated: header promises {n:,} header bytes, file has {size - 8:,} after "
+            "the length (interrupted save?)"
+        )
+    try:
+        header = json.loads(buf[8 : 8 + n].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(
+            f"{source} is corrupt: its header is not UTF-8 JSON ({exc})"
+        ) from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{source} is corrupt: its header is not a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise CheckpointError(f"{source} is corrupt: __metadata__ must map strings to strings")
+    data_size = size - 8 - n
+    spans = []
+    for name, entry in header.items():
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+            raise CheckpointError(
+                f"{source}: tensor {name} needs exactly dtype, shape and data_offsets, got {entry!r}"
+            )
+        if entry["dtype"] != "F32":
+            raise CheckpointError(
+                f"{source}: tensor {name} has dtype {entry['dtype']!r}; femto reads F32 only "
+                "(convert with tensor.float() before saving)"
+            )
+        shape, offsets = entry["shape"], entry["data_offsets"]
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        ):
+            raise CheckpointError(f"{source}: tensor {name} has an invalid shape {shape!r}")
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1]
+        ):
+            raise CheckpointError(f"{source}: tensor {name} has invalid data_offsets {offsets!r}")
+        nbytes = math.prod(shape) * 4
+        if offsets[1] - offsets[0] != nbytes:
+            raise CheckpointError(
+                f"{source}: tensor {name} of shape {shape} needs {nbytes:,} bytes, its data_offsets "
+                f"{offsets} span {offsets[1] - offsets[0]:,}"
+            )
+        spans.append((offsets[0], offsets[1], name))
+    spans.sort()
+    end = 0
+    for begin, stop, name in spans:
+        if begin != end:
+            raise CheckpointError(
+                f"{source} is corrupt: tensor {name} starts at data byte {begin:,}, expected {end:,} "
+                "(tensors must tile the data without gaps or overlaps)"
+            )
+        end = stop
+    if end != data_size:
+        if end > data_size:
+            raise CheckpointError(
+                f"{source} is truncated: header promises {end:,} data bytes, file has {data_size:,} "
+                "(interrupted save?)"
+            )
+        raise CheckpointError(
+            f"{source} is corrupt: {data_size - end:,} bytes after the last tensor's data"
+        )
+    base = 8 + n
+    tensors = {}
+    for name, entry in header.items():
+        begin, stop = entry["data_offsets"]
+        array = np.frombuffer(buf, dtype=_F32, count=(stop - begin) // 4, offset=base + begin)
+        tensors[name] = array.reshape(entry["shape"]).astype(np.float32)
+    return tensors, metadata
+
+
+def load_safetensors(path: pathlib.Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    path = pathlib.Path(path)
+    try:
+        buf = path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(
+            f"{path} is missing: a run directory is created by `femto train --out {path.parent}`"
+        ) from None
+    except OSError as exc:
+        raise CheckpointError(f"{path} cannot be read: {exc.strerror}") from None
+    return decode_safetensors(buf, str(path))
+
+
+# ---- the run directory ----
+
+
+@dataclass
+class RunState:
+    """Everything config.json holds besides the arrays: configs, progress, RNG and tokenizer."""
+
+    model: GPTConfig
+    train: dict
+    step: int = 0
+    tokens_seen: int = 0
+    best_val_loss: float | None = None
+    rng: dict = field(default_factory=dict)  # name -> numpy bit_generator.state (JSON)
+    tokenizer: dict = field(default_factory=dict)  # the tokenizer's save() description
+
+    def to_json(self) -> dict:
+        return {
+            "format": "femto-run",
+            "format_version": FORMAT_VERSION,
+            "model": self.model.to_dict(),
+            "train": self.train,
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "best_val_loss": self.best_val_loss,
+            "rng": self.rng,
+            "tokenizer": self.tokenizer,
+        }
+
+
+def _journal_path(run_dir: pathlib.Path) -> pathlib.Path:
+    return run_dir / JOURNAL_FILE
+
+
+def _pending_name(name: str) -> str:
+    return f".{name}.pending"
+
+
+def _committed_path(run_dir: pathlib.Path, name: str) -> pathlib.Path:
+    """Where the current checkpoint's file `name` lies: its pending copy while a commit that was cut
+    short is still being rolled forward, the file itself otherwise. Reading never modifies the run."""
+    pending = run_dir / _pending_name(name)
+    if _journal_path(run_dir).exists() and pending.exists():
+        return pending
+    return run_dir / name
+
+
+def has_checkpoint(run_dir: pathlib.Path) -> bool:
+    return _committed_path(pathlib.Path(run_dir), CONFIG_FILE).exists()
+
+
+def finish_interrupted_commit(run_dir: pathlib.Path) -> None:
+    """Roll a checkpoint commit that a crash cut short forward, and drop half-written pending files.
+
+    The journal is written only after every pending file is complete and fsynced, so when it exists
+    the pending files (those not yet renamed) are the newer, whole checkpoint.
+    """
+    run_dir = pathlib.Path(run_dir)
+    if _journal_path(run_dir).exists():
+        for name in CHECKPOINT_FILES:
+            pending = run_dir / _pending_name(name)
+            if pending.exists():
+                os.replace(pending, run_dir / name)
+        _fsync_dir(run_dir)
+        _journal_path(run_dir).unlink()
+        _fsync_dir(run_dir)
+    for name in CHECKPOINT_FILES:
+        (run_dir / _pending_name(name)).unlink(missing_ok=True)
+
+
+def save_checkpoint(
+    run_dir: pathlib.Path,
+    weights: dict[str, np.ndarray],
+    optimizer_state: dict[str, np.ndarray],
+    state: RunState,
+) -> None:
+    """Write model.safetensors, optimizer.safetensors and config.json as one atomic commit.
+
+    Each file goes to a pending name and is fsynced; then a journal naming them is written; then they
+    are renamed into place and the journal removed. A crash before the journal keeps the old
+    checkpoint; a crash after it is finished by the next save, and readers already see the new one.
+    """
+    run_dir = pathlib.Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    finish_interrupted_commit(run_dir)
+    meta = {
+        "format": "pt",
+        "femto_step": str(state.step),
+        "femto_format_version": str(FORMAT_VERSION),
+    }
+    contents = {
+        MODEL_FILE: encode_safetensors(weights, meta),
+        OPTIMIZER_FILE: encode_safetensors(optimizer_state, meta),
+        CONFIG_FILE: (json.dumps(state.to_json(), indent=2) + "\n").encode("utf-8"),
+    }
+    for name, data in contents.items():
+        _write_synced(run_dir / _pending_name(name), data)
+    _fsync_dir(run_dir)
+    write_atomic(_journal_path(run_dir), json.dumps({"files": list(contents)}).encode("utf-8"))
+    finish_interrupted_commit(run_dir)
+
+
+def load_state(run_dir: pathlib.Path) -> RunState:
+    """Read and validate config.json of the run in `run_dir`."""
+    run_dir = pathlib.Path(run_dir)
+    path = _committed_path(run_dir, CONFIG_FILE)
+    shown = run_dir / CONFIG_FILE
+    if not path.exists():
+        raise CheckpointError(
+            f"no run in {run_dir}: {shown} is missing (a run is created by `femto train --out {run_dir}`)"
+        )
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{shown} is corrupt: not UTF-8 JSON ({exc})") from None
+    if not isinstance(raw, dict) or raw.get("format") != "femto-run":
+        raise CheckpointError(f'{shown} is not a femto run config (no "format": "femto-run")')
+    version = raw.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
+        raise CheckpointError(
+            f"{shown} has format_version {version!r}; this femto reads versions 1..{FORMAT_VERSION} "
+            "(upgrade femto to read newer runs)"
+        )
+    try:
+        model = GPTConfig.from_dict(raw.get("model"))
+    except ConfigError as exc:
+        raise CheckpointError(f'{shown}: invalid "model": {exc}') from None
+    checks = {
+        "train": dict,
+        "step": int,
+        "tokens_seen": int,
+        "rng": dict,
+        "tokenizer": dict,
+    }
+    for key, kind in checks.items():
+        if not isinstance(raw.get(key), kind) or isinstance(raw.get(key), bool):
+            raise CheckpointError(
+                f'{shown}: "{key}" must be a {kind.__name__}, got {raw.get(key)!r}'
+            )
+    if raw["step"] < 0 or raw["tokens_seen"] < 0:
+        raise CheckpointError(f"{shown}: step and tokens_seen must be non-negative")
+    best = raw.get("best_val_loss")
+    if best is not None and not isinstance(best, (int, float)):
+        raise CheckpointError(f'{shown}: "best_val_loss" must be a number or null, got {best!r}')
+    return RunState(
+        model=model,
+        train=raw["train"],
+        step=raw["step"],
+        tokens_seen=raw["tokens_seen"],
+        best_val_loss=None if best is None else float(best),
+        rng=raw["rng"],
+        tokenizer=raw["tokenizer"],
+    )
+
+
+def _check_step(metadata: dict[str, str], state: RunState, shown: pathlib.Path) -> None:
+    step = metadata.get("femto_step")
+    if step is not None and step != str(state.step):
+        raise CheckpointError(
+            f"{shown} holds step {step} but config.json says step {state.step}: the files come from "
+            "different checkpoints (copied by hand?)"
+        )
+
+
+def load_weights(run_dir: pathlib.Path, state: RunState) -> dict[str, np.ndarray]:
+    """model.safetensors as arrays, checked against the model config (every name and shape)."""
+    run_dir = pathlib.Path(run_dir)
+    shown = run_dir / MODEL_FILE
+    tensors, metadata = decode_safetensors(_read(run_dir, MODEL_FILE), str(shown))
+    _check_step(metadata, state, shown)
+    expected = state.model.param_shapes()
+    if "lm_head.weight" in tensors:
+        # nanoGPT's own state_dict carries the tied head; it must be wte itself
+        if not np.array_equal(tensors["lm_head.weight"], tensors.get("transformer.wte.weight")):
+            raise CheckpointError(
+                f"{shown}: lm_head.weight differs from transformer.wte.weight; femto's lm_head is tied"
+            )
+        del tensors["lm_head.weight"]
+    for name, shape in expected.items():
+        if name not in tensors:
+            raise CheckpointError(
+                f"{shown} lacks tensor {name} that the model config in config.json needs "
+                f"(n_layer={state.model.n_layer}, bias={state.model.bias})"
+            )
+        if tuple(tensors[name].shape) != shape:
+            raise CheckpointError(
+                f"{shown}: tensor {name} has shape {list(tensors[name].shape)}, config.json's model "
+                f"needs {list(shape)} (weights from a different model config?)"
+            )
+    unknown = sorted(set(tensors) - set(expected))
+    if unknown:
+        raise CheckpointError(
+            f"{shown} holds tensors the model config does not have: {', '.join(unknown[:4])}"
+        )
+    return tensors
+
+
+def load_optimizer_state(run_dir: pathlib.Path, state: RunState) -> dict[str, np.ndarray]:
+    """optimizer.safetensors as arrays (names checked by the optimizer that loads them)."""
+    run_dir = pathlib.Path(run_dir)
+    shown = run_dir / OPTIMIZER_FILE
+    tensors, metadata = decode_safetensors(_read(run_dir, OPTIMIZER_FILE), str(shown))
+    _check_step(metadata, state, shown)
+    return tensors
+
+
+def _read(run_dir: pathlib.Path, name: str) -> bytes:
+    path = _committed_path(run_dir, name)
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(
+            f"{run_dir / name} is missing: the run in {run_dir} is incomplete "
+            f"(`femto train --out {run_dir}` writes it)"
+        ) from None
+    except OSError as exc:
+        raise CheckpointError(f"{run_dir / name} cannot be read: {exc.strerror}") from None
+
+
+# ---- metrics.jsonl ----
+
+
+def append_metrics(run_dir: pathlib.Path, record: dict) -> None:
+    """Append one JSON line; a single write of a whole line, fsynced, so a crash loses at most it."""
+    run_dir = pathlib.Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(record, separators=(",", ":")) + "\n").encode("utf-8")
+    fd = os.open(run_dir / METRICS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_metrics(run_dir: pathlib.Path) -> list[dict]:
+    """The logged records; a torn last line (a crash mid-append) is skipped."""
+    path = pathlib.Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def truncate_metrics(run_dir: pathlib.Path, step: int) -> None:
+    """Keep the records up to `step` (a resumed run re-logs the steps after its checkpoint)."""
+    path = pathlib.Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return
+    kept = [
+        r for r in read_metrics(run_dir) if isinstance(r.get("step"), int) and r["step"] <= step
+    ]
+    data = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in kept)
+    write_atomic(path, data.encode("utf-8"))

@@ -1,0 +1,293 @@
+"""The GPT-2 model as nanoGPT defines it, built from femto.ops: config, parameters, forward passes.
+
+Parameters live in a dict under nanoGPT's state_dict names and PyTorch layouts, so checkpoints need no
+renaming. This file holds no arithmetic of its own (only weight initialisation draws numbers on the host)
+and knows nothing about files, tokenizers or data; see checkpoint.py, train.py and sample.py.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+from femto.errors import CheckpointError, ConfigError
+from femto.graph import Tensor, grad_enabled
+from femto.ops import (
+    add,
+    attention,
+    attention_cached,
+    cross_entropy,
+    dropout,
+    embedding,
+    gelu,
+    layernorm,
+    matmul,
+)
+
+# Parameter names, following nanoGPT's GPT.state_dict(); {i} is the block index.
+BLOCK_PARAMS = (
+    "ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight",
+    "attn.c_proj.bias", "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
+    "mlp.c_proj.weight", "mlp.c_proj.bias",
+)  # fmt: skip
+TIED_HEAD = "lm_head.weight"
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    """Model shape, with nanoGPT's field names. Defaults are femto's Shakespeare model."""
+
+    vocab_size: int = 65
+    block_size: int = 64
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"model {name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head:
+            raise ConfigError(
+                f"n_embd {self.n_embd} must be divisible by n_head {self.n_head} "
+                f"(head size = n_embd / n_head)"
+            )
+        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if not isinstance(self.bias, bool):
+            raise ConfigError(f"bias must be true or false, got {self.bias!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> GPTConfig:
+        """Build from config.json's "model" object; unknown or missing keys are a ConfigError."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"model config must be a JSON object, got {type(d).__name__}")
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        missing = sorted(names - set(d))
+        if unknown or missing:
+            raise ConfigError(f"model config has unknown keys {unknown} / lacks keys {missing}")
+        return cls(**d)
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every parameter's name and shape, in nanoGPT's order (PyTorch layouts: nn.Linear is (out, in))."""
+        V, T, C = self.vocab_size, self.block_size, self.n_embd
+        shapes: dict[str, tuple[int, ...]] = {
+            "transformer.wte.weight": (V, C),
+            "transformer.wpe.weight": (T, C),
+        }
+        per_block = {
+            "ln_1.weight": (C,), "ln_1.bias": (C,),
+            "attn.c_attn.weight": (3 * C, C), "attn.c_attn.bias": (3 * C,),
+            "attn.c_proj.weight": (C, C), "attn.c_proj.bias": (C,),
+            "ln_2.weight": (C,), "ln_2.bias": (C,),
+            "mlp.c_fc.weight": (4 * C, C), "mlp.c_fc.bias": (4 * C,),
+            "mlp.c_proj.weight": (C, 4 * C), "mlp.c_proj.bias": (C,),
+        }  # fmt: skip
+        for i in range(self.n_layer):
+            for name in BLOCK_PARAMS:
+                if self.bias or not name.endswith(".bias"):
+                    shapes[f"transformer.h.{i}.{name}"] = per_block[name]
+        shapes["transformer.ln_f.weight"] = (C,)
+        if self.bias:
+            shapes["transformer.ln_f.bias"] = (C,)
+        return shapes
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count; like nanoGPT, non_embedding leaves out wpe (wte is the tied head)."""
+        total = sum(math.prod(s) for s in self.param_shapes().values())
+        return total - self.block_size * self.n_embd if non_embedding else total
+
+
+class KVCache:
+    """Per-layer key and value caches for generation, each (B, NH, TMAX, HS) with TMAX = block_size."""
+
+    def __init__(self, config: GPTConfig, backend, batch_size: int):
+        HS = config.n_embd // config.n_head
+        shape = (batch_size, config.n_head, config.block_size, HS)
+        self.batch_size = batch_size
+        self.length = 0  # positions 0..length-1 hold valid keys and values
+        self.layers = [
+            (Tensor.zeros(shape, backend), Tensor.zeros(shape, backend))
+            for _ in range(config.n_layer)
+        ]
+
+
+class GPT:
+    """nanoGPT's GPT: wte + wpe -> n_layer pre-LN blocks -> ln_f -> lm_head tied to wte.
+
+    nanoGPT also drops out attention probabilities (attn_dropout); the fused attention kernel keeps no
+    mask for that, so here dropout acts on the embeddings and on both residual branches only.
+    """
+
+    def __init__(self, config: GPTConfig, backend, rng: np.random.Generator | None = None):
+        self.config = config
+        self.backend = backend
+        self.params: dict[str, Tensor] = {}
+        for name, array in self.init_weights(config, rng or np.random.default_rng(0)).items():
+            self.params[name] = Tensor.from_numpy(array, backend, requires_grad=True)
+
+    @staticmethod
+    def init_weights(config: GPTConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """GPT-2 initialisation: normal(0, 0.02) for matrices and embeddings, 0.02 / sqrt(2 n_layer)
+        for the two residual projections (attn.c_proj, mlp.c_proj), biases 0, LayerNorm weights 1."""
+        residual_std = 0.02 / math.sqrt(2 * config.n_layer)
+        weights: dict[str, np.ndarray] = {}
+        for name, shape in config.param_shapes().items():
+            if name.endswith(".bias"):
+                weights[name] = np.zeros(shape, np.float32)
+            elif ".ln_" in name or name.startswith("transformer.ln_f"):
+                weights[name] = np.ones(shape, np.float32)
+            else:
+                std = residual_std if name.endswith("c_proj.weight") else 0.02
+                weights[name] = (rng.standard_normal(shape) * std).astype(np.float32)
+        return weights
+
+    # ---- parameters ----
+
+    def p(self, name: str) -> Tensor | None:
+        """Parameter `name`, or None for a bias the config leaves out (bias=False)."""
+        return self.params.get(name)
+
+    def zero_grad(self) -> None:
+        for t in self.params.values():
+            t.zero_grad()
+
+    def to_numpy(self) -> dict[str, np.ndarray]:
+        """Every parameter as a host float32 array under its nanoGPT name (lm_head is tied: omitted)."""
+        return {name: t.numpy() for name, t in self.params.items()}
+
+    def load_numpy(self, arrays: dict[str, np.ndarray], source: str = "weights") -> None:
+        """Overwrite every parameter; names and shapes must match the config exactly.
+
+        A tied `lm_head.weight` (as nanoGPT's own state_dict has) is accepted when it equals wte.
+        """
+        arrays = dict(arrays)
+        head = arrays.pop(TIED_HEAD, None)
+        expected = self.config.param_shapes()
+        missing = [n for n in expected if n not in arrays]
+        unknown = [n for n in arrays if n not in expected]
+        if missing or unknown:
+            raise CheckpointError(
+                f"{source} do not fit this model config: missing tensors {missing[:4]}"
+                f"{' ...' if len(missing) > 4 else ''}, unexpected tensors {unknown[:4]}"
+                f"{' ...' if len(unknown) > 4 else ''}"
+            )
+        for name, shape in expected.items():
+            if tuple(arrays[name].shape) != shape:
+                raise CheckpointError(
+                    f"{source}: tensor {name} has shape {list(arrays[name].shape)}, the model config "
+                    f"needs {list(shape)}"
+                )
+        if head is not None and not np.array_equal(head, arrays["transformer.wte.weight"]):
+            raise CheckpointError(
+                f"{source}: {TIED_HEAD} differs from transformer.wte.weight; femto's lm_head is tied"
+            )
+        for name, t in self.params.items():
+            t.copy_from_numpy(np.asarray(arrays[name], np.float32))
+
+    # ---- forward passes ----
+
+    def _ids(self, idx: np.ndarray | Tensor) -> Tensor:
+        if isinstance(idx, Tensor):
+            return idx
+        return Tensor.from_numpy(np.ascontiguousarray(idx, np.int32), self.backend)
+
+    def _embed(self, ids: Tensor, pos: int, rng: np.random.Generator | None) -> Tensor:
+        T = ids.shape[1]
+        if pos + T > self.config.block_size:
+            raise ConfigError(
+                f"sequence of {T} tokens at position {pos} exceeds block_size {self.config.block_size}"
+            )
+        pos_ids = Tensor.from_numpy(np.arange(pos, pos + T, dtype=np.int32), self.backend)  # (T,)
+        tok_emb = embedding(ids, self.p("transformer.wte.weight"))  # (B, T, C)
+        pos_emb = embedding(pos_ids, self.p("transformer.wpe.weight"))  # (T, C)
+        return self._dropout(add(tok_emb, pos_emb), rng)  # (B, T, C), pos_emb broadcast over B
+
+    def _dropout(self, x: Tensor, rng: np.random.Generator | None) -> Tensor:
+        if rng is None or self.config.dropout == 0.0:
+            return x
+        return dropout(x, self.config.dropout, int(rng.integers(0, 2**31 - 1)))
+
+    def _block(
+        self, i: int, x: Tensor, rng: np.random.Generator | None, cache: KVCache | None = None
+    ) -> Tensor:
+        """One pre-LN transformer block on x (B, T, C); with a cache, attention continues it."""
+        h = f"transformer.h.{i}."
+        p = self.p
+        y = layernorm(x, p(h + "ln_1.weight"), p(h + "ln_1.bias"))
+        qkv = matmul(y, p(h + "attn.c_attn.weight"), p(h + "attn.c_attn.bias"))  # (B, T, 3C)
+        if cache is None:
+            y = attention(qkv, self.config.n_head)  # (B, T, C)
+        else:
+            kcache, vcache = cache.layers[i]
+            y = attention_cached(qkv, kcache, vcache, self.config.n_head, cache.length)
+        y = matmul(y, p(h + "attn.c_proj.weight"), p(h + "attn.c_proj.bias"))  # (B, T, C)
+        x = add(x, self._dropout(y, rng))
+        y = layernorm(x, p(h + "ln_2.weight"), p(h + "ln_2.bias"))
+        y = gelu(matmul(y, p(h + "mlp.c_fc.weight"), p(h + "mlp.c_fc.bias")))  # (B, T, 4C)
+        y = matmul(y, p(h + "mlp.c_proj.weight"), p(h + "mlp.c_proj.bias"))  # (B, T, C)
+        return add(x, self._dropout(y, rng))
+
+    def _head(self, x: Tensor) -> Tensor:
+        x = layernorm(x, self.p("transformer.ln_f.weight"), self.p("transformer.ln_f.bias"))
+        # lm_head is tied to wte and has no bias: (B, T, C) @ wte^T -> (B, T, V)
+        return matmul(x, self.p("transformer.wte.weight"))
+
+    def forward(
+        self,
+        idx: np.ndarray | Tensor,
+        targets: np.ndarray | Tensor | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """idx (B, T) int32 token ids -> logits (B, T, V) and, given targets (B, T), the mean loss ().
+
+        `rng` switches dropout on: each dropout site draws its seed from it (training). None is eval
+        mode, and with dropout 0 the two are the same graph.
+        """
+        ids = self._ids(idx)
+        if ids.ndim != 2:
+            raise ConfigError(f"forward needs token ids of shape (B, T), got {ids.shape}")
+        x = self._embed(ids, 0, rng)
+        for i in range(self.config.n_layer):
+            x = self._block(i, x, rng)
+        logits = self._head(x)
+        if targets is None:
+            return logits, None
+        targets_t = self._ids(targets)
+        return logits, cross_entropy(logits, targets_t)
+
+    def __call__(self, idx, targets=None, rng=None) -> tuple[Tensor, Tensor | None]:
+        return self.forward(idx, targets, rng)
+
+    def new_cache(self, batch_size: int) -> KVCache:
+        return KVCache(self.config, self.backend, batch_size)
+
+    def forward_cached(self, idx: np.ndarray | Tensor, cache: KVCache) -> Tensor:
+        """idx (B, T) continuing the sequence held in `cache` -> logits (B, T, V); forward only.
+
+        The new tokens sit at positions cache.length .. cache.length + T - 1; their keys and values
+        are written into the cache, so the next call costs T positions, not the whole context.
+        """
+        if grad_enabled():
+            raise RuntimeError(
+                "forward_cached runs without autograd: call it under femto.graph.no_grad()"
+            )
+        ids = self._ids(idx)
+        if ids.ndim != 2 or ids.shape[0] != cache.batch_size:
+            raise ConfigError(
+                f"forward_cached needs ids (B={cache.batch_size}, T) for this cache, got {ids.shape}"
+            )
+        x = self._embed(ids, cache.length, None)
+        for i in range(self.config.n_layer):
+            x = self._block(i, x, None, cache)
+        cache.length += ids.shape[1]
+        return self._head(x)

@@ -1,0 +1,117 @@
+"""AdamW with global-norm gradient clipping: one `adamw_update` kernel call per parameter.
+
+Kernel contracts (csrc/adamw.c, kernels/adamw.cl), all buffers flat with N elements:
+  adamw_update(param, m, v, grad, N, lr, beta1, beta2, eps, weight_decay, grad_scale, step)
+      g = grad * grad_scale; PyTorch's AdamW (decoupled decay, bias correction with `step`, 1-based).
+  sum_squares(out (1,), inp (N,), N): out[0] = sum of inp^2, in a fixed order (thread-count independent).
+The optimizer does not compute gradients or reduce them across processes; it reads `.grad` as given.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+from femto.errors import CheckpointError, ConfigError
+from femto.graph import Tensor
+
+
+class AdamW:
+    """AdamW over named parameters. Weight decay applies to matrices (2-D: embeddings and linear
+    weights) only, never to biases or LayerNorm weights, as in nanoGPT's configure_optimizers."""
+
+    def __init__(
+        self,
+        params: Mapping[str, Tensor],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.95),
+        eps: float = 1e-8,
+        weight_decay: float = 0.1,
+        grad_clip: float = 1.0,
+    ):
+        if not 0.0 <= betas[0] < 1.0 or not 0.0 <= betas[1] < 1.0:
+            raise ConfigError(f"AdamW betas must be in [0, 1), got {betas}")
+        if eps <= 0 or weight_decay < 0 or grad_clip < 0:
+            raise ConfigError(
+                f"AdamW needs eps > 0, weight_decay >= 0, grad_clip >= 0; got eps={eps}, "
+                f"weight_decay={weight_decay}, grad_clip={grad_clip}"
+            )
+        self.params = dict(params)
+        self.lr, self.betas, self.eps = lr, betas, eps
+        self.weight_decay, self.grad_clip = weight_decay, grad_clip
+        self.step_count = (
+            0  # number of updates applied; the kernel's bias correction uses step_count
+        )
+        self.m = {n: Tensor.zeros(p.shape, p.backend) for n, p in self.params.items()}
+        self.v = {n: Tensor.zeros(p.shape, p.backend) for n, p in self.params.items()}
+        backend = next(iter(self.params.values())).backend
+        self._sumsq = Tensor.zeros((1,), backend)
+
+    def grad_norm(self, grad_divisor: float = 1.0) -> float:
+        """L2 norm over every parameter's gradient, divided by grad_divisor (see step)."""
+        total = 0.0
+        for p in self.params.values():
+            if p.grad is None:
+                continue
+            p.backend.run("sum_squares", self._sumsq.data, p.grad.data, N=p.size)
+            # summed on the host in float64 in a fixed parameter order: reproducible
+            total += float(self._sumsq.numpy()[0])
+        return math.sqrt(total) / grad_divisor
+
+    def step(self, lr: float | None = None, grad_divisor: float = 1.0) -> float:
+        """Apply one update with the gradients divided by grad_divisor (e.g. the number of accumulated
+        micro-batches), clipped to global norm grad_clip. Returns the gradient norm before clipping."""
+        lr = self.lr if lr is None else lr
+        norm = self.grad_norm(grad_divisor)
+        if not math.isfinite(norm):
+            raise FloatingPointError(f"gradient norm is {norm} at step {self.step_count + 1}")
+        # torch.nn.utils.clip_grad_norm_'s coefficient, folded into the kernel's grad_scale
+        clip = min(1.0, self.grad_clip / (norm + 1e-6)) if self.grad_clip > 0 else 1.0
+        grad_scale = clip / grad_divisor
+        self.step_count += 1
+        beta1, beta2 = self.betas
+        for name, p in self.params.items():
+            if p.grad is None:
+                continue
+            decay = self.weight_decay if p.ndim >= 2 else 0.0
+            p.backend.run(
+                "adamw_update", p.data, self.m[name].data, self.v[name].data, p.grad.data,
+                N=p.size, lr=lr, beta1=beta1, beta2=beta2, eps=self.eps, weight_decay=decay,
+                grad_scale=grad_scale, step=self.step_count,
+            )  # fmt: skip
+        return norm
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """The moments as host arrays, named like PyTorch's AdamW state: NAME.exp_avg, NAME.exp_avg_sq."""
+        arrays: dict[str, np.ndarray] = {}
+        for name in self.params:
+            arrays[f"{name}.exp_avg"] = self.m[name].numpy()
+            arrays[f"{name}.exp_avg_sq"] = self.v[name].numpy()
+        return arrays
+
+    def load_state_arrays(self, arrays: Mapping[str, np.ndarray], step: int, source: str) -> None:
+        """Restore moments saved by state_arrays and the update count; names and shapes must match."""
+        expected = {
+            f"{n}.{k}": p.shape for n, p in self.params.items() for k in ("exp_avg", "exp_avg_sq")
+        }
+        missing = sorted(set(expected) - set(arrays))
+        unknown = sorted(set(arrays) - set(expected))
+        if missing or unknown:
+            raise CheckpointError(
+                f"{source} does not fit this model: missing {missing[:3]}, unexpected {unknown[:3]}"
+            )
+        for key, shape in expected.items():
+            if tuple(arrays[key].shape) != shape:
+                raise CheckpointError(
+                    f"{source}: tensor {key} has shape {list(arrays[key].shape)}, expected {list(shape)}"
+                )
+        if not isinstance(step, int) or step < 0:
+            raise CheckpointError(
+                f"{source}: optimizer step must be a non-negative integer, got {step!r}"
+            )
+        for name in self.params:
+            self.m[name].copy_from_numpy(arrays[f"{name}.exp_avg"])
+            self.v[name].copy_from_numpy(arrays[f"{name}.exp_avg_sq"])
+        self.step_count = step

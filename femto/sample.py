@@ -1,0 +1,179 @@
+"""Text generation: prompt handling, temperature / top-k sampling, a key/value cache, streaming output.
+
+Each new token costs one position of model compute while the context fits in block_size (the cache
+holds every earlier key and value). Picking a token from the final logits (V floats) happens on the
+host; the model itself runs on its backend. Nothing here prints: text goes to a callback.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import pathlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from femto import checkpoint as ckpt
+from femto.backend.base import get_backend
+from femto.errors import ConfigError, TokenizerError
+from femto.graph import no_grad
+from femto.model import GPT
+from femto.tokenizers.base import Tokenizer, load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedRun:
+    """A trained model and its tokenizer, read from a run directory (for sample, eval, tokenize)."""
+
+    model: GPT
+    tokenizer: Tokenizer
+    state: ckpt.RunState
+
+
+def load_tokenizer_of(run_dir: pathlib.Path) -> tuple[Tokenizer, ckpt.RunState]:
+    state = ckpt.load_state(run_dir)
+    return load_tokenizer(pathlib.Path(run_dir), state.tokenizer), state
+
+
+def load_run(run_dir: pathlib.Path, device: str = "cpu") -> LoadedRun:
+    """The model (weights checked against config.json) and tokenizer of a run; read-only."""
+    tokenizer, state = load_tokenizer_of(run_dir)
+    if tokenizer.vocab_size != state.model.vocab_size:
+        raise ckpt.CheckpointError(
+            f"{run_dir}: the tokenizer has {tokenizer.vocab_size} symbols but the model's vocab_size "
+            f"is {state.model.vocab_size}"
+        )
+    weights = ckpt.load_weights(run_dir, state)
+    model = GPT(state.model, get_backend(device))
+    model.load_numpy(weights, str(pathlib.Path(run_dir) / ckpt.MODEL_FILE))
+    return LoadedRun(model, tokenizer, state)
+
+
+def encode_prompt(tokenizer: Tokenizer, text: str, block_size: int) -> tuple[list[int], str | None]:
+    """Prompt ids (an empty prompt starts from a newline) cut to the last block_size tokens, and a
+    notice when they were cut. Text the tokenizer cannot encode raises its TokenizerError."""
+    ids = tokenizer.encode(text if text else "\n")
+    if not ids:
+        raise TokenizerError(f"the prompt {text!r} encodes to no tokens")
+    notice = None
+    if len(ids) > block_size:
+        notice = (
+            f"prompt is {len(ids)} tokens, longer than block_size {block_size}: "
+            f"keeping its last {block_size}"
+        )
+        ids = ids[-block_size:]
+    return ids, notice
+
+
+def check_sampling(temperature: float, top_k: int | None, max_new_tokens: int) -> None:
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ConfigError(f"--temperature must be >= 0 (0 is greedy), got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ConfigError(f"--top-k must be a positive integer, got {top_k}")
+    if max_new_tokens < 0:
+        raise ConfigError(f"--tokens must be >= 0, got {max_new_tokens}")
+
+
+def pick_token(
+    logits: np.ndarray, temperature: float, top_k: int | None, rng: np.random.Generator
+) -> int:
+    """One token id from logits (V,): argmax at temperature 0, else a draw from
+    softmax(logits / temperature) restricted to the top_k largest logits."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if temperature == 0:
+        return int(np.argmax(logits))
+    scaled = logits / temperature
+    if top_k is not None and top_k < scaled.size:
+        kth = np.partition(scaled, -top_k)[-top_k]
+        scaled = np.where(scaled < kth, -np.inf, scaled)
+    probs = np.exp(scaled - scaled.max())
+    cdf = np.cumsum(probs)
+    # inverse-CDF draw: one uniform per token, so a seed fixes the whole sequence
+    return int(min(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"), cdf.size - 1))
+
+
+def generate(
+    model: GPT,
+    prompt_ids: Sequence[int],
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    rng: np.random.Generator | None = None,
+    on_token: Callable[[int], None] | None = None,
+    use_cache: bool = True,
+) -> list[int]:
+    """Continue prompt_ids (1..block_size ids) by max_new_tokens tokens; returns only the new ones.
+
+    use_cache=False recomputes the whole window for every token (the reference the cache is tested
+    against, and a benchmark baseline).
+    """
+    check_sampling(temperature, top_k, max_new_tokens)
+    block_size = model.config.block_size
+    ids = [int(i) for i in prompt_ids]
+    if not 1 <= len(ids) <= block_size:
+        raise ConfigError(f"generate needs 1..{block_size} prompt tokens, got {len(ids)}")
+    if temperature > 0 and rng is None:
+        raise ConfigError("sampling with temperature > 0 needs a seeded np.random.Generator")
+    new: list[int] = []
+    with no_grad():
+        cache = model.new_cache(1) if use_cache else None
+        logits = _window_logits(model, ids, cache)
+        for _ in range(max_new_tokens):
+            token = pick_token(logits, temperature, top_k, rng)
+            ids.append(token)
+            new.append(token)
+            if on_token is not None:
+                on_token(token)
+            if len(new) == max_new_tokens:
+                break
+            if cache is not None and cache.length < block_size:
+                step = np.array([[token]], dtype=np.int32)  # (1, 1)
+                logits = model.forward_cached(step, cache).numpy()[0, -1]
+            else:
+                # The window is full, so it slides: every token moves to a new position, and the
+                # positions are learned absolute embeddings, so every cached key and value is stale.
+                # Recompute the cache from the last block_size tokens (what nanoGPT's crop does).
+                logits = _window_logits(model, ids[-block_size:], cache)
+    return new
+
+
+def _window_logits(model: GPT, ids: Sequence[int], cache) -> np.ndarray:
+    """Logits (V,) after `ids` (at most block_size), refilling `cache` from position 0 if given."""
+    x = np.array([ids], dtype=np.int32)  # (1, T)
+    if cache is None:
+        logits, _ = model(x)
+    else:
+        cache.length = 0
+        logits = model.forward_cached(x, cache)
+    return logits.numpy()[0, -1]  # (V,): the last position predicts the next token
+
+
+class TextStream:
+    """Turns a growing list of ids into text pieces for `write`, decoding the whole tail each time
+    so multi-token characters (byte-level tokenizers) come out once complete."""
+
+    def __init__(
+        self, tokenizer: Tokenizer, write: Callable[[str], None], context: Sequence[int] = ()
+    ):
+        self.tokenizer, self.write = tokenizer, write
+        self.ids = list(context)
+        self.shown = len(tokenizer.decode(self.ids)) if self.ids else 0
+
+    def __call__(self, token: int) -> None:
+        self.ids.append(int(token))
+        text = self.tokenizer.decode(self.ids)
+        if text.endswith("\ufffd"):
+            return  # an incomplete UTF-8 sequence: wait for the next token
+        if len(text) > self.shown:
+            self.write(text[self.shown :])
+            self.shown = len(text)
+
+    def flush(self) -> None:
+        text = self.tokenizer.decode(self.ids)
+        if len(text) > self.shown:
+            self.write(text[self.shown :])
+            self.shown = len(text)

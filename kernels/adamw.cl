@@ -1,0 +1,58 @@
+// adamw.cl: the optimizer's kernels; their contract is documented in femto/optim.py.
+
+#define LOCAL_MAX 256
+
+__kernel void adamw_update(__global float* param, __global float* m, __global float* v,
+                           __global const float* grad, int N, float lr, float beta1, float beta2,
+                           float eps, float weight_decay, float grad_scale, int step) {
+    const int i = get_global_id(0);
+    if (i >= N) return;
+    // PyTorch's AdamW order: decoupled decay first, then the bias-corrected Adam step
+    const float correction1 = 1.0f - pown(beta1, step);
+    const float correction2 = 1.0f - pown(beta2, step);
+    const float g = grad[i] * grad_scale;
+    const float mi = beta1 * m[i] + (1.0f - beta1) * g;
+    const float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
+    m[i] = mi;
+    v[i] = vi;
+    const float mhat = mi / correction1;
+    const float vhat = vi / correction2;
+    param[i] = param[i] * (1.0f - lr * weight_decay) - lr * mhat / (sqrt(vhat) + eps);
+}
+
+static float block_sum(float x, __local float* buf) {
+    const int lid = get_local_id(0);
+    buf[lid] = x;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int s = get_local_size(0) / 2; s > 0; s >>= 1) {
+        if (lid < s) buf[lid] += buf[lid + s];
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    const float total = buf[0];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    return total;
+}
+
+// pass 1: work-group k of a fixed number G sums the squares of chunk k of inp into partial[k];
+// fixed chunks in a fixed order make the gradient norm independent of the device
+__kernel void sum_squares_partial(__global float* partial, __global const float* inp, int N) {
+    __local float buf[LOCAL_MAX];
+    const int k = get_group_id(0), G = get_num_groups(0);
+    const int lid = get_local_id(0), L = get_local_size(0);
+    const int chunk = (N + G - 1) / G;
+    const int lo = k * chunk, hi = min(lo + chunk, N);
+    float acc = 0.0f;
+    for (int i = lo + lid; i < hi; i += L) acc += inp[i] * inp[i];
+    acc = block_sum(acc, buf);
+    if (lid == 0) partial[k] = acc;
+}
+
+// pass 2: one work-group adds the G partial sums
+__kernel void sum_squares(__global float* out, __global const float* partial, int G) {
+    __local float buf[LOCAL_MAX];
+    const int lid = get_local_id(0), L = get_local_size(0);
+    float acc = 0.0f;
+    for (int k = lid; k < G; k += L) acc += partial[k];
+    acc = block_sum(acc, buf);
+    if (lid == 0) out[0] = acc;
+}

@@ -1,0 +1,85 @@
+// layernorm.cl: layer normalisation over the last axis (eps 1e-5); shapes in femto/ops/layernorm.py.
+// Row kernels run one work-group per row (local size a power of two <= 256, set by the launcher);
+// there is no early return because every work-item must reach the barriers.
+
+#define LOCAL_MAX 256
+
+// tree sum over the work-group; every work-item gets the total
+static float block_sum(float x, __local float* buf) {
+    const int lid = get_local_id(0);
+    buf[lid] = x;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int s = get_local_size(0) / 2; s > 0; s >>= 1) {
+        if (lid < s) buf[lid] += buf[lid + s];
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    const float total = buf[0];
+    barrier(CLK_LOCAL_MEM_FENCE);  // buf is reused by the next reduction
+    return total;
+}
+
+__kernel void layernorm_forward(__global float* out, __global float* mean, __global float* rstd,
+                                __global const float* inp, __global const float* weight,
+                                __global const float* bias, int N, int C) {
+    __local float buf[LOCAL_MAX];
+    const int n = get_group_id(0), lid = get_local_id(0), L = get_local_size(0);
+    __global const float* x = inp + n * C;
+    float acc = 0.0f;
+    for (int c = lid; c < C; c += L) acc += x[c];
+    const float m = block_sum(acc, buf) / (float)C;
+    // two-pass variance: E[(x-m)^2] does not cancel catastrophically like E[x^2]-m^2
+    acc = 0.0f;
+    for (int c = lid; c < C; c += L) {
+        const float d = x[c] - m;
+        acc += d * d;
+    }
+    const float s = 1.0f / sqrt(block_sum(acc, buf) / (float)C + 1e-5f);
+    __global float* y = out + n * C;
+    for (int c = lid; c < C; c += L) y[c] = (x[c] - m) * s * weight[c] + (bias ? bias[c] : 0.0f);
+    if (lid == 0) {
+        mean[n] = m;
+        rstd[n] = s;
+    }
+}
+
+__kernel void layernorm_backward_dinp(__global float* dinp, __global const float* dout,
+                                      __global const float* inp, __global const float* weight,
+                                      __global const float* mean, __global const float* rstd, int N,
+                                      int C) {
+    __local float buf[LOCAL_MAX];
+    const int n = get_group_id(0), lid = get_local_id(0), L = get_local_size(0);
+    __global const float* x = inp + n * C;
+    __global const float* g = dout + n * C;
+    const float m = mean[n], s = rstd[n];
+    float dnorm_sum = 0.0f, dnorm_norm_sum = 0.0f;
+    for (int c = lid; c < C; c += L) {
+        const float dnorm = weight[c] * g[c];
+        dnorm_sum += dnorm;
+        dnorm_norm_sum += dnorm * (x[c] - m) * s;
+    }
+    const float dnorm_mean = block_sum(dnorm_sum, buf) / (float)C;
+    const float dnorm_norm_mean = block_sum(dnorm_norm_sum, buf) / (float)C;
+    __global float* dx = dinp + n * C;
+    for (int c = lid; c < C; c += L) {
+        const float norm = (x[c] - m) * s;
+        const float dnorm = weight[c] * g[c];
+        dx[c] += s * (dnorm - dnorm_mean - norm * dnorm_norm_mean);
+    }
+}
+
+// parameter gradients sum over rows: work-item c owns column c of dweight and dbias
+__kernel void layernorm_backward_dparams(__global float* dweight, __global float* dbias,
+                                         __global const float* dout, __global const float* inp,
+                                         __global const float* mean, __global const float* rstd,
+                                         int N, int C) {
+    const int c = get_global_id(0);
+    if (c >= C) return;
+    float dw = 0.0f, db = 0.0f;
+    for (int n = 0; n < N; n++) {
+        const float g = dout[n * C + c];
+        dw += (inp[n * C + c] - mean[n]) * rstd[n] * g;
+        db += g;
+    }
+    if (dweight) dweight[c] += dw;
+    if (dbias) dbias[c] += db;
+}

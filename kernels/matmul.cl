@@ -1,0 +1,93 @@
+// matmul.cl: linear layer, out = inp @ weight^T + bias; shapes in femto/ops/matmul.py.
+// Every pass is one tiled product through local memory, so dinp, dweight and out each have one owner
+// per element (no float atomics in OpenCL 1.2). Launch geometry: femto/backend/opencl.py.
+
+#define TILE 64            // side of a work-group's square output tile
+#define TK 16              // K step: local memory holds A (TILE x TK) and B (TK x TILE), 8 KiB
+#define WPT 8              // each work-item keeps WPT x WPT outputs in registers, strided by RTS
+#define RTS (TILE / WPT)   // local size is (RTS, RTS)
+
+// out[i * N + j] = (accumulate ? out[i * N + j] : bias[j] or 0) + sum_k A(i, k) * B(k, j)
+// for i < M, j < N, where A(i, k) = a[i * a_si + k * a_sk] and B(k, j) = b[k * b_sk + j * b_sj].
+// No early return: every work-item of the group must reach the barriers; bounds are checked per load.
+static void gemm_tile(__global float* out, __global const float* a, __global const float* b,
+                      __global const float* bias, int M, int N, int K, int a_si, int a_sk,
+                      int b_sk, int b_sj, int accumulate, __local float* at, __local float* bt) {
+    const int lx = get_local_id(0), ly = get_local_id(1);
+    const int j0 = get_group_id(0) * TILE, i0 = get_group_id(1) * TILE;
+    const int lid = ly * RTS + lx;
+    float acc[WPT][WPT];
+    for (int wi = 0; wi < WPT; wi++)
+        for (int wj = 0; wj < WPT; wj++) acc[wi][wj] = 0.0f;
+    for (int k0 = 0; k0 < K; k0 += TK) {
+        // neighbouring work-items load neighbouring addresses whichever way A and B are laid out;
+        // A is stored transposed so the inner loop reads both tiles along rows of local memory
+        for (int e = lid; e < TILE * TK; e += RTS * RTS) {
+            int r = a_sk == 1 ? e / TK : e % TILE;   // at[c][r] = A(i0 + r, k0 + c)
+            int c = a_sk == 1 ? e % TK : e / TILE;
+            int i = i0 + r, k = k0 + c;
+            at[c * TILE + r] = (i < M && k < K) ? a[i * a_si + k * a_sk] : 0.0f;
+            r = b_sj == 1 ? e / TILE : e % TK;       // bt[r][c] = B(k0 + r, j0 + c)
+            c = b_sj == 1 ? e % TILE : e / TK;
+            k = k0 + r;
+            int j = j0 + c;
+            bt[r * TILE + c] = (k < K && j < N) ? b[k * b_sk + j * b_sj] : 0.0f;
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+        for (int k = 0; k < TK; k++) {
+            float bv[WPT], av[WPT];
+            for (int wj = 0; wj < WPT; wj++) bv[wj] = bt[k * TILE + lx + wj * RTS];
+            for (int wi = 0; wi < WPT; wi++) av[wi] = at[k * TILE + ly + wi * RTS];
+            for (int wi = 0; wi < WPT; wi++)
+                for (int wj = 0; wj < WPT; wj++) acc[wi][wj] += av[wi] * bv[wj];
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    for (int wi = 0; wi < WPT; wi++) {
+        int i = i0 + ly + wi * RTS;
+        if (i >= M) continue;
+        for (int wj = 0; wj < WPT; wj++) {
+            int j = j0 + lx + wj * RTS;
+            if (j >= N) continue;
+            float base = accumulate ? out[i * N + j] : (bias ? bias[j] : 0.0f);
+            out[i * N + j] = base + acc[wi][wj];
+        }
+    }
+}
+__kernel void matmul_forward(__global float* out, __global const float* inp,
+                             __global const float* weight, __global const float* bias, int N, int C,
+                             int OC) {
+    __local float at[TK * TILE], bt[TK * TILE];
+    // (N, OC) = inp (N, C) @ weight^T, where weight is (OC, C)
+    gemm_tile(out, inp, weight, bias, N, OC, C, C, 1, 1, C, 0, at, bt);
+}
+
+__kernel void matmul_backward_dinp(__global float* dinp, __global const float* dout,
+                                   __global const float* weight, int N, int C, int OC) {
+    __local float at[TK * TILE], bt[TK * TILE];
+    // (N, C) += dout (N, OC) @ weight (OC, C)
+    gemm_tile(dinp, dout, weight, 0, N, C, OC, OC, 1, C, 1, 1, at, bt);
+}
+
+__kernel void matmul_backward_dweight(__global float* dweight, __global const float* dout,
+                                      __global const float* inp, int N, int C, int OC) {
+    __local float at[TK * TILE], bt[TK * TILE];
+    // (OC, C) += dout^T (OC, N) @ inp (N, C)
+    gemm_tile(dweight, dout, inp, 0, OC, C, N, 1, OC, C, 1, 1, at, bt);
+}
+
+// one work-group per output channel o, summing column o of dout (N, OC) with a tree reduction
+__kernel void matmul_backward_dbias(__global float* dbias, __global const float* dout, int N, int C,
+                                    int OC) {
+    __local float buf[256];
+    const int o = get_group_id(0), lid = get_local_id(0), L = get_local_size(0);
+    float acc = 0.0f;
+    for (int n = lid; n < N; n += L) acc += dout[n * OC + o];
+    buf[lid] = acc;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int s = L / 2; s > 0; s >>= 1) {
+        if (lid < s) buf[lid] += buf[lid + s];
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    if (lid == 0) dbias[o] += buf[0];
+}

@@ -1,0 +1,55 @@
+"""gelu (tanh approximation): reference vs finite differences, every backend vs reference over a wide
+input range, dtype errors. Tolerances: forward 1e-4, backward 1e-3 relative."""
+
+import numpy as np
+import pytest
+import reference as ref
+from gradcheck import assert_close, check_directional, numeric_gradient, run_op
+from hypothesis import given
+from hypothesis import strategies as st
+
+from femto.errors import ShapeError
+from femto.graph import Tensor
+from femto.ops import gelu
+
+ODD = st.sampled_from([1, 3, 7, 17, 127]) | st.integers(1, 40)
+
+
+def test_reference_gradient_matches_finite_differences():
+    rng = np.random.default_rng(0)
+    x, r = rng.standard_normal((3, 5)) * 3, rng.standard_normal((3, 5))
+    numeric = numeric_gradient(lambda x_: np.sum(ref.gelu_forward(x_) * r), x)
+    assert np.allclose(ref.gelu_backward(r, x), numeric)
+
+
+def test_reference_known_values():
+    # GELU(0) = 0, GELU(x) -> x for large x, -> 0 for very negative x
+    assert ref.gelu_forward(np.array([0.0, 10.0, -10.0])) == pytest.approx(
+        [0.0, 10.0, 0.0], abs=1e-12
+    )
+
+
+@given(
+    shape=st.tuples(ODD) | st.tuples(ODD, ODD),
+    scale=st.sampled_from([0.1, 1.0, 5.0]),
+    seed=st.integers(0, 2**16),
+)
+def test_matches_reference(backend, shape, scale, seed):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) * scale).astype(np.float32)
+    dout = rng.standard_normal(shape).astype(np.float32)
+    out, (dx,) = run_op(backend, gelu, [x], (0,), dout)
+    # GELU(-15) is 0 in float64, but float32 0.5 x (1 + tanh u) keeps ~|x| 1e-7 of 1 + tanh u: a few
+    # 1e-7 absolute, which matters only when every element of a small tensor is that far negative
+    assert_close(out, ref.gelu_forward(x.astype(float)), 1e-4, "forward", atol=1e-5)
+    assert_close(dx, ref.gelu_backward(dout.astype(float), x.astype(float)), 1e-3, "dinp")
+
+
+@pytest.mark.parametrize("shape", [(1,), (7,), (3, 17), (127, 3)])
+def test_directional_derivative(backend, rng, shape):
+    check_directional(backend, gelu, [rng.standard_normal(shape) * 2], (0,), rng)
+
+
+def test_int_input_is_rejected(backend):
+    with pytest.raises(ShapeError, match=r"int32 of shape \(3,\)"):
+        gelu(Tensor.from_numpy(np.arange(3, dtype=np.int32), backend))

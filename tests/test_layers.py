@@ -1,0 +1,136 @@
+"""STYLE.md section 2's import table, enforced on the AST of every femto module that exists.
+
+A module may import from femto only what its row allows (errors, the bottom layer, is allowed
+everywhere). click only in cli; pyopencl and sentencepiece only lazily, inside functions of the
+modules that wrap them. A module with no row fails: new modules need a row in the table.
+"""
+
+import ast
+import fnmatch
+import pathlib
+
+import pytest
+
+PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "femto"
+BELOW_TRAIN = [
+    "femto.model",
+    "femto.optim",
+    "femto.checkpoint",
+    "femto.data",
+    "femto.graph",
+    "femto.ops",
+    "femto.ops.*",
+    "femto.backend",
+    "femto.backend.*",
+    "femto.tokenizers",
+    "femto.tokenizers.*",
+]
+# module pattern -> femto modules it may import (first matching row wins)
+TABLE = [
+    ("femto", ["femto.backend", "femto.backend.cpu"]),  # __init__ checks the extension on import
+    ("femto.errors", []),
+    ("femto.backend", ["femto.backend.base"]),
+    ("femto.backend.cpu", ["femto.backend.base", "femto._cpu"]),
+    ("femto.backend.*", ["femto.backend.base"]),
+    ("femto.graph", ["femto.backend.base"]),
+    ("femto.ops", ["femto.ops.*"]),
+    ("femto.ops.*", ["femto.graph"]),
+    ("femto.model", ["femto.ops", "femto.ops.*", "femto.graph"]),
+    ("femto.optim", ["femto.graph", "femto.backend.base"]),
+    ("femto.tokenizers", ["femto.tokenizers.*"]),
+    ("femto.tokenizers.*", ["femto.tokenizers.*"]),
+    ("femto.data", ["femto.tokenizers", "femto.tokenizers.base"]),
+    ("femto.checkpoint", ["femto.model", "femto.tokenizers", "femto.tokenizers.*", "femto.optim"]),
+    ("femto.train", BELOW_TRAIN),
+    ("femto.sample", BELOW_TRAIN),
+    ("femto.evaluate", BELOW_TRAIN),  # not in STYLE.md's table yet: `femto eval` sits beside sample
+    (
+        "femto.cli",
+        [
+            "femto.train",
+            "femto.sample",
+            "femto.evaluate",
+            "femto.tokenizers",
+            "femto.tokenizers.*",
+            "femto.data",
+            "femto.checkpoint",
+        ],
+    ),
+]
+# arrows the table lacks, each pending a decision (STYLE.md: an architecture change to discuss)
+EXCEPTIONS = {
+    ("femto.cli", "femto.backend.opencl"): "lazy import for listing OpenCL devices",
+    ("femto.cli", "femto.model"): "GPTConfig, whose fields the click options mirror",
+}
+LAZY_ONLY = {"pyopencl": "femto.backend.opencl", "sentencepiece": "femto.tokenizers.*"}
+
+
+def module_name(path: pathlib.Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def is_module(name: str) -> bool:
+    """True when `name` is a femto module or package (so `from a import b` imports module a.b)."""
+    path = PACKAGE.parent.joinpath(*name.split("."))
+    return path.with_suffix(".py").exists() or (path / "__init__.py").exists()
+
+
+def imports(tree: ast.Module, module: str, is_package: bool):
+    """(imported module, at top level?) for every import; `from femto import x` counts as femto.x."""
+    package = module if is_package else module.rpartition(".")[0]
+    top = {id(node) for node in tree.body}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, id(node) in top
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + [base]
+                )
+                base = base.rstrip(".")
+            for alias in node.names:
+                sub = f"{base}.{alias.name}"
+                yield (sub if is_module(sub) or base == "femto" else base), id(node) in top
+
+
+def violations(module: str, source: str, is_package: bool = False) -> list[str]:
+    row = next(
+        (allowed for pattern, allowed in TABLE if fnmatch.fnmatchcase(module, pattern)), None
+    )
+    if row is None:
+        return [f"{module} has no row in STYLE.md's import table (tests/test_layers.py)"]
+    allowed = [*row, "femto.errors", "femto.__version__"]
+    found = []
+    for name, top_level in imports(ast.parse(source), module, is_package):
+        root = name.split(".")[0]
+        if (module, name) in EXCEPTIONS:
+            continue
+        if root == "femto" and not any(fnmatch.fnmatchcase(name, a) for a in allowed):
+            found.append(f"{module} imports {name}")
+        elif root == "click" and module != "femto.cli":
+            found.append(f"{module} imports click: only femto.cli may")
+        elif root in LAZY_ONLY and not fnmatch.fnmatchcase(module, LAZY_ONLY[root]):
+            found.append(f"{module} imports {root}")
+        elif root in LAZY_ONLY and top_level:
+            found.append(f"{module} imports {root} at import time: import it lazily")
+    return found
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=module_name)
+def test_imports_follow_the_table(path):
+    assert not violations(module_name(path), path.read_text(), path.name == "__init__.py")
+
+
+def test_the_check_catches_violations():
+    assert violations("femto.ops.gelu", "from femto.model import GPT\n")
+    assert violations("femto.ops.gelu", "from femto.ops import matmul\n")  # ops never import ops
+    assert violations("femto.ops.gelu", "from ..backend import cpu\n")
+    assert violations("femto.graph", "import click\n")
+    assert violations("femto.backend.opencl", "import pyopencl\n")  # must be lazy
+    assert not violations("femto.backend.opencl", "def f():\n    import pyopencl\n")
+    assert violations("femto.nowhere", "")
+    assert violations("femto.ops.gelu", "from . import matmul\n")  # relative imports resolve too
+    assert not violations("femto.ops.gelu", "from femto.graph import Op\nimport numpy\n")

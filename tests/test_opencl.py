@@ -1,0 +1,390 @@
+"""What is specific to the OpenCL backend: device choice and listing, its error messages, kernel build
+failures, buffers, and every kernel in csrc/femto.h agreeing with the CPU backend call by call.
+
+The op-level tests (tests/ops) already run on OpenCL through the `backend` fixture; here the kernels are
+driven directly through run(), with sizes that cross tile, work-group and reduction boundaries.
+Training and checkpoint parity across devices live at the end and need femto.train / femto.checkpoint.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+
+import numpy as np
+import pytest
+
+from femto.backend import get_backend
+from femto.errors import BackendUnavailable, KernelBuildError
+
+opencl = pytest.importorskip("femto.backend.opencl")
+
+
+@pytest.fixture(scope="module")
+def cl_backend():
+    try:
+        return get_backend("opencl")
+    except BackendUnavailable as exc:
+        pytest.skip(f"opencl backend unavailable: {exc}")
+
+
+@pytest.fixture(scope="module")
+def cpu():
+    return get_backend("cpu")
+
+
+# ---- devices and errors ----
+
+
+def test_list_devices_reports_memory_and_compute_units(cl_backend):
+    devices = opencl.list_devices()
+    assert devices, "a working backend implies at least one device"
+    for d in devices:
+        assert d["memory_bytes"] > 0 and d["compute_units"] >= 1 and d["max_work_group_size"] >= 1
+        assert d["name"] and d["platform_name"] and d["version"].startswith("OpenCL")
+    assert (devices[0]["platform"], devices[0]["device"]) == (0, 0)
+
+
+def test_default_device_is_first_gpu_else_first_device(cl_backend):
+    devices = opencl.list_devices()
+    gpus = [d for d in devices if "GPU" in d["type"]]
+    want = (gpus or devices)[0]
+    assert cl_backend.device.name.strip() == want["name"]
+    assert want["name"] in cl_backend.device_name
+
+
+def test_exact_device_spec_picks_that_device(cl_backend):
+    d = opencl.list_devices()[-1]
+    backend = get_backend(f"opencl:{d['platform']}:{d['device']}")
+    assert backend.device.name.strip() == d["name"] and backend.name == "opencl"
+
+
+@pytest.mark.parametrize(
+    "spec,words",
+    [
+        ("opencl:99:0", ["no OpenCL platform 99", "femto devices"]),
+        ("opencl:0:99", ["no device 99 on OpenCL platform 0", "femto devices"]),
+        ("opencl:zero:0", ["opencl:PLATFORM:DEVICE", "'zero:0'"]),
+        ("opencl:0", ["opencl:PLATFORM:DEVICE"]),
+    ],
+)
+def test_bad_device_specs_are_one_clear_error(cl_backend, spec, words):
+    with pytest.raises(BackendUnavailable) as info:
+        get_backend(spec)
+    message = str(info.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message
+
+
+def test_missing_pyopencl_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyopencl", None)  # makes `import pyopencl` raise ImportError
+    with pytest.raises(BackendUnavailable, match="pip install pyopencl"):
+        get_backend("opencl")
+    with pytest.raises(BackendUnavailable, match="pip install pyopencl"):
+        opencl.list_devices()
+
+
+def test_no_platform_says_how_to_get_one(monkeypatch):
+    cl = pytest.importorskip("pyopencl")
+    monkeypatch.setattr(cl, "get_platforms", list)
+    with pytest.raises(BackendUnavailable) as info:
+        get_backend("opencl")
+    assert "no OpenCL platform" in str(info.value)
+    assert "pip install pocl-binary-distribution" in str(info.value)
+    assert "OpenCL driver" in str(info.value)
+
+
+def test_broken_kernel_file_reports_file_and_build_log(cl_backend, tmp_path):
+    for path in cl_backend.kernels_dir.glob("*.cl"):
+        shutil.copy(path, tmp_path)
+    broken = tmp_path / "gelu.cl"
+    broken.write_text(broken.read_text().replace("tanh(", "no_such_function_xyz(", 1))
+    backend = opencl.OpenCLBackend(device="0:0", kernels_dir=tmp_path)
+    out, inp = backend.zeros(4), backend.zeros(4)
+    with pytest.raises(KernelBuildError) as info:
+        backend.run("gelu_forward", out, inp, N=4)
+    message = str(info.value)
+    assert str(broken) in message
+    assert "no_such_function_xyz" in message  # the compiler's log, not just "build failed"
+    backend.run("add_forward", out, inp, inp, N=4, M=4)  # other files still build
+
+
+def test_missing_kernel_file_is_a_build_error(cl_backend, tmp_path):
+    backend = opencl.OpenCLBackend(device="0:0", kernels_dir=tmp_path)
+    with pytest.raises(KernelBuildError, match="matmul.cl"):
+        backend.run("matmul_forward", backend.zeros(1), backend.zeros(1), backend.zeros(1), None,
+                    N=1, C=1, OC=1)  # fmt: skip
+
+
+def test_kernels_dir_is_found_in_the_checkout():
+    found = opencl.find_kernels_dir()
+    assert (found / "matmul.cl").exists()
+    assert {p.stem for p in found.glob("*.cl")} >= {
+        "matmul", "embedding", "add", "layernorm", "gelu", "attention", "dropout", "crossentropy",
+        "adamw",
+    }  # fmt: skip
+
+
+def test_programs_are_built_once_per_context(cl_backend):
+    cl_backend.build_all()
+    before = dict(opencl._programs)
+    again = opencl.OpenCLBackend(device="0:0", kernels_dir=cl_backend.kernels_dir)
+    again.context = cl_backend.context  # same context: the in-process cache must answer
+    again._kernel("matmul_forward")
+    assert opencl._programs == before
+
+
+def test_kernel_set_matches_the_cpu_backend(cl_backend, cpu):
+    assert cl_backend.kernel_names() == cpu.kernel_names()
+    assert set(opencl.STEMS.values()) == {p.stem for p in cl_backend.kernels_dir.glob("*.cl")}
+
+
+def test_run_rejects_unknown_kernels_and_foreign_buffers(cl_backend):
+    with pytest.raises(KeyError, match="no_such_forward"):
+        cl_backend.run("no_such_forward", N=1)
+    with pytest.raises(TypeError, match="buffer of this backend"):
+        cl_backend.run("gelu_forward", np.zeros(1, np.float32), cl_backend.zeros(1), N=1)
+
+
+# ---- buffers ----
+
+
+def test_buffers_stay_on_the_device_and_round_trip(cl_backend):
+    a = np.arange(10, dtype=np.float32)
+    buf = cl_backend.from_numpy(a.reshape(2, 5))
+    assert isinstance(buf, opencl.CLBuffer) and not isinstance(buf, np.ndarray)
+    np.testing.assert_array_equal(cl_backend.to_numpy(buf), a)
+    ids = cl_backend.from_numpy(np.array([3, -1, 7], np.int32))
+    assert cl_backend.to_numpy(ids).dtype == np.int32
+    copy = cl_backend.empty(10)
+    cl_backend.copy_(copy, buf)
+    cl_backend.zero_(buf)
+    np.testing.assert_array_equal(cl_backend.to_numpy(copy), a)
+    np.testing.assert_array_equal(cl_backend.to_numpy(buf), np.zeros(10, np.float32))
+    assert cl_backend.to_numpy(cl_backend.zeros(0)).shape == (0,)
+    with pytest.raises(TypeError):
+        cl_backend.from_numpy(np.zeros(3))  # float64 is never reinterpreted
+    with pytest.raises(TypeError, match="sizes and dtypes must match"):
+        cl_backend.copy_(cl_backend.empty(3), buf)
+
+
+# ---- every kernel against the CPU backend ----
+
+
+def _cases(rng: np.random.Generator) -> list[tuple[str, list, dict, float]]:
+    """(kernel, buffers as numpy or None, scalars, rtol). Output and gradient buffers start random,
+    so a kernel that overwrites where it should accumulate (or the reverse) fails."""
+
+    def r(*shape):
+        return rng.standard_normal(shape).astype(np.float32)
+
+    def attention_state(B, T, C, NH):
+        qkv = r(B, T, 3 * C)
+        out, att = np.zeros((B, T, C), np.float32), np.zeros((B, NH, T, T), np.float32)
+        cpu = get_backend("cpu")
+        cpu.run("attention_forward", out.reshape(-1), att.reshape(-1), qkv.reshape(-1),
+                B=B, T=T, C=C, NH=NH)  # fmt: skip
+        return qkv, att, out
+
+    cases = []
+    for N, C, OC in [(1, 1, 1), (7, 3, 17), (70, 45, 33), (129, 200, 65)]:
+        cases.append(
+            (
+                "matmul_forward",
+                [r(N, OC), r(N, C), r(OC, C), r(OC)],
+                {"N": N, "C": C, "OC": OC},
+                1e-4,
+            )
+        )
+        cases.append(
+            (
+                "matmul_forward",
+                [r(N, OC), r(N, C), r(OC, C), None],
+                {"N": N, "C": C, "OC": OC},
+                1e-4,
+            )
+        )
+        grads = [r(N, C), r(OC, C), r(OC), r(N, OC), r(N, C), r(OC, C)]
+        cases.append(("matmul_backward", grads, {"N": N, "C": C, "OC": OC}, 1e-3))
+        cases.append(
+            (
+                "matmul_backward",
+                [None, grads[1], None, *grads[3:]],
+                {"N": N, "C": C, "OC": OC},
+                1e-3,
+            )
+        )
+    for N, V, C in [(1, 1, 1), (50, 7, 13), (300, 65, 64)]:
+        ids = rng.integers(0, V, N).astype(np.int32)  # many repeated ids
+        cases.append(("embedding_forward", [r(N, C), ids, r(V, C)], {"N": N, "C": C}, 0.0))
+        cases.append(
+            ("embedding_backward", [r(V, C), r(N, C), ids], {"N": N, "V": V, "C": C}, 1e-5)
+        )
+    for N, M in [(1, 1), (35, 35), (35, 5), (4096, 64)]:
+        cases.append(("add_forward", [r(N), r(N), r(M)], {"N": N, "M": M}, 0.0))
+        cases.append(("add_backward", [r(N), r(M), r(N)], {"N": N, "M": M}, 1e-5))
+        cases.append(("add_backward", [None, r(M), r(N)], {"N": N, "M": M}, 1e-5))
+    for N, C in [(1, 1), (7, 3), (33, 777)]:
+        x = r(N, C) * 3 + 1
+        mean, rstd = x.mean(1), 1 / np.sqrt(x.var(1) + 1e-5)
+        cases.append(
+            ("layernorm_forward", [r(N, C), r(N), r(N), x, r(C), r(C)], {"N": N, "C": C}, 1e-4)
+        )
+        cases.append(
+            ("layernorm_forward", [r(N, C), r(N), r(N), x, r(C), None], {"N": N, "C": C}, 1e-4)
+        )
+        bufs = [r(N, C), r(C), r(C), r(N, C), x, r(C), mean, rstd]
+        cases.append(("layernorm_backward", bufs, {"N": N, "C": C}, 1e-3))
+        cases.append(("layernorm_backward", [None, *bufs[1:]], {"N": N, "C": C}, 1e-3))
+    for N in (1, 1000):
+        cases.append(("gelu_forward", [r(N), r(N) * 3], {"N": N}, 1e-5))
+        cases.append(("gelu_backward", [r(N), r(N), r(N) * 3], {"N": N}, 1e-4))
+        cases.append(("dropout_forward", [r(N), r(N)], {"N": N, "p": 0.3, "seed": 12345}, 0.0))
+        cases.append(
+            ("dropout_backward", [r(N), r(N)], {"N": N, "p": 0.3, "seed": 4000000000}, 1e-6)
+        )
+    for B, T, C, NH in [(1, 1, 4, 1), (2, 7, 12, 3), (1, 300, 16, 2)]:
+        qkv, att, out = attention_state(B, T, C, NH)
+        sizes = {"B": B, "T": T, "C": C, "NH": NH}
+        cases.append(("attention_forward", [r(B, T, C), r(B, NH, T, T), qkv], sizes, 1e-4))
+        cases.append(
+            ("attention_backward", [r(B, T, 3 * C), r(B, T, C), qkv, att, out], sizes, 1e-3)
+        )
+    for B, T, C, NH, pos, TMAX in [(1, 1, 4, 1, 0, 1), (2, 1, 12, 3, 9, 16), (2, 5, 12, 2, 3, 8)]:
+        HS = C // NH
+        cache = [r(B, NH, TMAX, HS), r(B, NH, TMAX, HS)]
+        sizes = {"B": B, "T": T, "C": C, "NH": NH, "pos": pos, "TMAX": TMAX}
+        cases.append(
+            ("attention_cached_forward", [r(B, T, C), *cache, r(B, T, 3 * C)], sizes, 1e-4)
+        )
+    for N, V in [(1, 1), (7, 65), (300, 1000)]:
+        logits, targets = r(N, V) * 2, rng.integers(0, V, N).astype(np.int32)
+        lse = np.log(np.exp(logits.astype(np.float64)).sum(1)).astype(np.float32)
+        cases.append(
+            ("crossentropy_forward", [r(1), r(N), logits, targets], {"N": N, "V": V}, 1e-4)
+        )
+        bufs = [r(N, V), np.array([1.7], np.float32), logits, targets, lse]
+        cases.append(("crossentropy_backward", bufs, {"N": N, "V": V}, 1e-3))
+    for N in (1, 5000):
+        hyper = {
+            "lr": 1e-2,
+            "beta1": 0.9,
+            "beta2": 0.95,
+            "eps": 1e-8,
+            "weight_decay": 0.1,
+            "grad_scale": 0.5,
+        }
+        bufs = [r(N), r(N) * 0.1, np.abs(r(N)) * 0.01, r(N)]
+        cases.append(("adamw_update", bufs, dict(N=N, **hyper, step=3), 1e-4))
+        cases.append(("sum_squares", [r(1), r(N)], {"N": N}, 1e-5))
+    cases.append(("sum_squares", [r(1), r(100003)], {"N": 100003}, 1e-5))
+    return cases
+
+
+def _case_ids() -> list[str]:
+    return [f"{c[0]}-{i}" for i, c in enumerate(_cases(np.random.default_rng(0)))]
+
+
+@pytest.mark.parametrize("index", range(len(_case_ids())), ids=_case_ids())
+def test_kernel_matches_cpu_backend(cl_backend, cpu, index):
+    name, arrays, scalars, rtol = _cases(np.random.default_rng(index))[index]
+    flat = [None if a is None else np.ascontiguousarray(a).reshape(-1) for a in arrays]
+    cpu_bufs = [None if a is None else cpu.from_numpy(a) for a in flat]
+    cl_bufs = [None if a is None else cl_backend.from_numpy(a) for a in flat]
+    cpu.run(name, *cpu_bufs, **scalars)
+    cl_backend.run(name, *cl_bufs, **scalars)
+    for position, (want, got) in enumerate(zip(cpu_bufs, cl_bufs)):
+        if want is None:
+            continue
+        got = cl_backend.to_numpy(got)
+        if rtol == 0.0:  # copies, adds and the dropout hash are exact
+            np.testing.assert_array_equal(got, want, err_msg=f"{name} buffer {position}")
+        else:
+            np.testing.assert_allclose(
+                got, want, rtol=rtol, atol=rtol, err_msg=f"{name} buffer {position}"
+            )
+
+
+def test_dropout_mask_is_the_cpu_mask(cl_backend, cpu):
+    x = np.ones(10000, np.float32)
+    out_cpu, out_cl = cpu.empty(10000), cl_backend.empty(10000)
+    cpu.run("dropout_forward", out_cpu, cpu.from_numpy(x), N=10000, p=0.5, seed=7)
+    cl_backend.run("dropout_forward", out_cl, cl_backend.from_numpy(x), N=10000, p=0.5, seed=7)
+    kept = cl_backend.to_numpy(out_cl) != 0
+    np.testing.assert_array_equal(kept, out_cpu != 0)
+    assert 4500 < kept.sum() < 5500
+
+
+# ---- end to end: training and checkpoints across devices ----
+
+MODEL = {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 16, "dropout": 0.0}
+
+
+def _train(run_dir, corpus, device: str, steps: int, tmp_path) -> list[float]:
+    """Train (or resume) the run in run_dir up to `steps` on `device`; the losses of this call's steps."""
+    from femto.train import prepare_run, train
+
+    options = {"data": str(corpus), "device": device, "steps": steps, "batch_size": 4, "eval_every": 1000,
+                   "eval_batches": 2, "save_every": 1000, "log_every": 1000, "sample_tokens": 0, "seed": 5,
+                   "warmup": 5, "lr": 3e-3}  # fmt: skip
+    run = prepare_run(run_dir, MODEL, options, cache_dir=tmp_path / "cache")
+    losses: list[float] = []
+    train(run, on_event=lambda e: losses.append(e["loss"]) if e["kind"] == "step" else None)
+    return losses
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    pytest.importorskip("femto.train")
+    text = opencl.find_kernels_dir().parent / "datasets" / "shakespeare" / "tinyshakespeare.txt"
+    path = tmp_path / "corpus.txt"
+    path.write_text(text.read_text(encoding="utf-8")[:20000], encoding="utf-8")
+    return path
+
+
+def test_training_on_opencl_follows_the_cpu_loss(cl_backend, corpus, tmp_path):
+    cpu_losses = _train(tmp_path / "cpu", corpus, "cpu", 50, tmp_path)
+    cl_losses = _train(tmp_path / "cl", corpus, "opencl", 50, tmp_path)
+    assert len(cpu_losses) == len(cl_losses) == 50
+    gaps = np.abs(np.array(cpu_losses) - np.array(cl_losses))
+    assert gaps.max() < 1e-3, (
+        f"step {gaps.argmax() + 1}: cpu {cpu_losses[gaps.argmax()]}, opencl {cl_losses[gaps.argmax()]}"
+    )
+    assert cpu_losses[-1] < cpu_losses[0] - 0.5  # it learned, so the comparison means something
+
+
+@pytest.mark.parametrize("first,second", [("cpu", "opencl"), ("opencl", "cpu")])
+def test_checkpoint_resumes_and_samples_on_the_other_device(
+    cl_backend, corpus, tmp_path, first, second
+):
+    from femto.sample import generate, load_run
+
+    start = tmp_path / "start"
+    _train(start, corpus, first, 10, tmp_path)
+    same, other = tmp_path / "same", tmp_path / "other"
+    shutil.copytree(start, same)
+    shutil.copytree(start, other)
+    expected = _train(same, corpus, first, 20, tmp_path)  # the run continued where it was written
+    resumed = _train(other, corpus, second, 20, tmp_path)  # ... and on the other device
+    assert len(expected) == len(resumed) == 10
+    np.testing.assert_allclose(resumed, expected, atol=1e-3)
+
+    from femto.graph import no_grad
+
+    logits = []
+    for device in (first, second):
+        loaded = load_run(start, device=device)
+        prompt = loaded.tokenizer.encode("ROMEO:\nWhat")
+        with no_grad():
+            full, _ = loaded.model(np.array([prompt], np.int32))
+            cached = loaded.model.forward_cached(
+                np.array([prompt], np.int32), loaded.model.new_cache(1)
+            )
+        logits.append((full.numpy(), cached.numpy()))
+        text = loaded.tokenizer.decode(
+            generate(loaded.model, prompt, 30, 0.8, 5, np.random.default_rng(0))
+        )
+        assert len(text) == 30  # a char model: one character per token
+    np.testing.assert_allclose(logits[1][0], logits[0][0], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(logits[1][1], logits[0][1], rtol=1e-4, atol=1e-4)
