@@ -28,7 +28,7 @@ def source_files() -> list[pathlib.Path]:
 def source_hash() -> str:
     """Hash of every kernel source and the header: the extension carries it, femto compares it on import."""
     digest = hashlib.sha256()
-    for path in [CSRC / "femto.h", *source_files()]:
+    for path in [*sorted(CSRC.glob("*.h")), *source_files()]:
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]

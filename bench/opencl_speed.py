@@ -1,12 +1,9 @@
 """Benchmark (not a test): training-step time and sampling tokens/s per device, OpenCL beside the CPU.
 
-    python bench/opencl_speed.py                        # cpu and opencl, configs A and B
-    python bench/opencl_speed.py --device opencl:0:0 --config D --json
-
-Configs are the ones in REFERENCE.md (A: femtoGPT's default model, B: femto's default, C, D). A step is
-what femto.train runs: forward + loss, backward, AdamW (with clipping), zero_grad, synchronize, on random
-token ids. Sampling is femto.sample.generate at batch 1 with the key/value cache. Each row names its
-device; the machine is shared, so compare rows from one run only.
+Usage: python bench/opencl_speed.py [--device opencl:0:0 ...] [--config D ...] [--json]. Configs A-D
+are REFERENCE.md's; a step is what femto.train runs (forward, backward, AdamW, synchronize) on random
+ids; sampling is femto.sample.generate at batch 1 with the KV cache. The machine is shared: compare
+rows of one run only.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 /* matmul.c: linear layer, out = inp @ weight^T + bias, and its backward; shapes in femto/ops/matmul.py.
- * Forward, dinp and dweight all run through one GEMM: B is packed into NR-wide panels shared by the team,
+ * Forward, dinp and dweight all run through one GEMM: each thread packs the B panels it needs,
  * A is read in place (row- or column-major), and an MR x NR tile of C lives in registers (AVX-512,
  * else AVX2+FMA, else portable C). Each element of C is owned by one thread and sees the same operation
  * sequence whatever the thread count, so results are bit-identical at 1 and 2 threads. */
@@ -80,12 +80,12 @@ static inline vf v_add(vf a, vf b) {
 
 #define NVMAX 2
 #define NR (NVMAX * VW)
-/* KC x NC floats of packed B (128 KiB) sit on the calling thread's stack and are shared by the team:
- * KC bounds the K-reduction block (the same blocks at any thread count), NC the columns packed at once. */
+/* Each thread packs KC x NC floats of B (128 KiB) on its own stack: KC bounds the K-reduction block (the
+ * same blocks at any thread count), NC the columns packed at once. */
 #define KC 256
 #define NC 128
 /* Below this many multiply-adds a parallel region costs more than it saves. */
-#define SERIAL_MACS 32768
+#define SERIAL_MACS 65536
 
 /* One register tile: C[0:mr, 0:nv*VW] = init + A[0:mr, 0:kc] @ Bpanel, storing `lanes` lanes of the last
  * vector. A(r,k) is a[r*lda + k] (row-major, read in place) or a[k*MR + r] (packed); the panel is pb[k*nv*VW + j]
@@ -195,10 +195,12 @@ static void pack_panel(float* dst, const gemm_args* g, size_t pc, size_t kc, siz
     }
 }
 
-/* Splits an mt x np tile grid over nthreads as tm x tn blocks, minimising the largest block's area
- * (rows times columns actually computed); ties go to splitting rows. */
-static void choose_grid(size_t M, size_t nc, int nthreads, int* tm_out, int* tn_out) {
-    const size_t mt = (M + MR - 1) / MR, np = (nc + NR - 1) / NR;
+/* Splits the (M, N) output over nthreads as a tm x tn grid of tile-aligned blocks, minimising the busiest
+ * thread's cost: its multiply-adds plus packing its B columns (every thread packs the panels it uses,
+ * so splitting rows packs B once per row group). Weights are in multiply-add lanes per element. */
+static void choose_grid(const gemm_args* g, int nthreads, int* tm_out, int* tn_out) {
+    const size_t mt = (g->M + MR - 1) / MR, np = (g->N + NR - 1) / NR;
+    const size_t pack_cost = g->b_rowmajor ? 2 : 24; /* a transposed B is packed one float at a time */
     size_t best = (size_t)-1;
     *tm_out = nthreads;
     *tn_out = 1;
@@ -207,17 +209,56 @@ static void choose_grid(size_t M, size_t nc, int nthreads, int* tm_out, int* tn_
         const int tn = nthreads / tm;
         size_t worst = 0;
         for (int ti = 0; ti < tm; ti++) {
-            const size_t r0 = min_sz(M, mt * ti / tm * MR), r1 = min_sz(M, mt * (ti + 1) / tm * MR);
+            const size_t r0 = min_sz(g->M, mt * ti / tm * MR), r1 = min_sz(g->M, mt * (ti + 1) / tm * MR);
             for (int tj = 0; tj < tn; tj++) {
-                const size_t c0 = min_sz(nc, np * tj / tn * NR), c1 = min_sz(nc, np * (tj + 1) / tn * NR);
-                const size_t area = (r1 - r0) * ((c1 - c0 + VW - 1) / VW);
-                if (area > worst) worst = area;
+                const size_t c0 = min_sz(g->N, np * tj / tn * NR), c1 = min_sz(g->N, np * (tj + 1) / tn * NR);
+                const size_t lanes = (c1 - c0 + VW - 1) / VW * VW;
+                const size_t cost = (r1 - r0) * lanes + (r1 > r0 ? pack_cost * lanes : 0);
+                if (cost > worst) worst = cost;
             }
         }
         if (worst < best) {
             best = worst;
             *tm_out = tm;
             *tn_out = tn;
+        }
+    }
+}
+
+/* One thread's block of C: rows [i0, i1), column panels [p0, p1). It packs its own B panels, NC columns
+ * and KC rows at a time, so threads never wait on each other inside the product. */
+static void gemm_block(const gemm_args* g, size_t i0, size_t i1, size_t p0, size_t p1) {
+    _Alignas(64) float pb[KC * NC]; /* packed B: up to NC/NR panels of KC x NR */
+    _Alignas(64) float pa[KC * MR]; /* one packed tile of column-major A */
+    for (size_t q0 = p0; q0 < p1; q0 += NC / NR) {
+        const size_t q1 = min_sz(p1, q0 + NC / NR);
+        for (size_t pc = 0; pc < g->K; pc += KC) {
+            const size_t kc = min_sz(KC, g->K - pc);
+            for (size_t p = q0; p < q1; p++)
+                pack_panel(pb + (p - q0) * kc * NR, g, pc, kc, p * NR, min_sz(NR, g->N - p * NR));
+            const float* a_k = g->a + (g->a_rowmajor ? pc : pc * g->lda);
+            for (size_t i = i0; i < i1; i += MR) {
+                const size_t mr = min_sz(MR, i1 - i);
+                const float* a = g->a_rowmajor ? a_k + i * g->lda : pa;
+                if (!g->a_rowmajor) {
+                    /* Column-major A (dout^T) has a row stride of OC floats, a page apart for the lm_head:
+                     * copy the tile's kc x mr block into rows of MR so the tile streams it instead. */
+                    for (size_t k = 0; k < kc; k++)
+                        v_storen(pa + k * MR, v_loadn(a_k + k * g->lda + i, (int)mr), (int)mr);
+                }
+                for (size_t p = q0; p < q1; p++) {
+                    const size_t j = p * NR, w = min_sz(NR, g->N - j), nv = (w + VW - 1) / VW;
+                    float* c = g->c + i * g->ldc + j;
+                    const float* init = c;
+                    size_t init_rs = g->ldc;
+                    if (pc == 0 && !g->accumulate) {
+                        init = g->bias ? g->bias + j : zeros;
+                        init_rs = 0;
+                    }
+                    tiles[mr - 1][g->a_rowmajor][nv - 1](kc, a, g->lda, pb + (p - q0) * kc * NR, c,
+                                                         g->ldc, (int)(w - (nv - 1) * VW), init, init_rs);
+                }
+            }
         }
     }
 }
@@ -231,7 +272,6 @@ static void gemm(const gemm_args* g) {
                 for (size_t j = 0; j < N; j++) g->c[i * g->ldc + j] = g->bias ? g->bias[j] : 0.0f;
         return;
     }
-    _Alignas(64) float pb[KC * NC];
     const int serial = (double)M * (double)N * (double)K < SERIAL_MACS;
     (void)serial;
 #pragma omp parallel if (!serial)
@@ -241,46 +281,13 @@ static void gemm(const gemm_args* g) {
         tid = omp_get_thread_num();
         nthreads = omp_get_num_threads();
 #endif
-        const size_t mt = (M + MR - 1) / MR;
-        _Alignas(64) float pa[KC * MR]; /* this thread's packed tile of column-major A */
-        for (size_t jc = 0; jc < N; jc += NC) {
-            const size_t nc = min_sz(NC, N - jc), np = (nc + NR - 1) / NR;
-            int tm, tn;
-            choose_grid(M, nc, nthreads, &tm, &tn);
-            const int ti = tid / tn, tj = tid % tn;
-            const size_t i0 = mt * ti / tm * MR, i1 = min_sz(M, mt * (ti + 1) / tm * MR);
-            const size_t p0 = np * tj / tn, p1 = np * (tj + 1) / tn;
-            for (size_t pc = 0; pc < K; pc += KC) {
-                const size_t kc = min_sz(KC, K - pc);
-                for (size_t p = (size_t)tid; p < np; p += (size_t)nthreads)
-                    pack_panel(pb + p * kc * NR, g, pc, kc, jc + p * NR, min_sz(NR, nc - p * NR));
-#pragma omp barrier
-                const float* a_k = g->a + (g->a_rowmajor ? pc : pc * g->lda);
-                for (size_t i = i0; i < i1; i += MR) {
-                    const size_t mr = min_sz(MR, i1 - i);
-                    const float* a = g->a_rowmajor ? a_k + i * g->lda : pa;
-                    if (!g->a_rowmajor) {
-                        /* Column-major A (dout^T) has a row stride of OC floats, a page apart for the lm_head: copy
-                         * the tile's kc x mr block into contiguous rows of MR so the tile streams it instead. */
-                        for (size_t k = 0; k < kc; k++)
-                            v_storen(pa + k * MR, v_loadn(a_k + k * g->lda + i, (int)mr), (int)mr);
-                    }
-                    for (size_t p = p0; p < p1; p++) {
-                        const size_t j = jc + p * NR, w = min_sz(NR, N - j), nv = (w + VW - 1) / VW;
-                        float* c = g->c + i * g->ldc + j;
-                        const float* init = c;
-                        size_t init_rs = g->ldc;
-                        if (pc == 0 && !g->accumulate) {
-                            init = g->bias ? g->bias + j : zeros;
-                            init_rs = 0;
-                        }
-                        tiles[mr - 1][g->a_rowmajor][nv - 1](kc, a, g->lda, pb + p * kc * NR, c, g->ldc,
-                                                             (int)(w - (nv - 1) * VW), init, init_rs);
-                    }
-                }
-#pragma omp barrier
-            }
-        }
+        int tm, tn;
+        choose_grid(g, nthreads, &tm, &tn);
+        const int ti = tid / tn, tj = tid % tn;
+        const size_t mt = (M + MR - 1) / MR, np = (N + NR - 1) / NR;
+        const size_t i0 = min_sz(M, mt * ti / tm * MR), i1 = min_sz(M, mt * (ti + 1) / tm * MR);
+        const size_t p0 = np * tj / tn, p1 = np * (tj + 1) / tn;
+        if (i0 < i1 && p0 < p1) gemm_block(g, i0, i1, p0, p1);
     }
 }
 

@@ -118,7 +118,8 @@ def train(out: str, **options) -> None:
     import numpy as np
 
     from femto import train as training
-    from femto.sample import generate
+    from femto.errors import TokenizerError
+    from femto.sample import encode_prompt, generate
 
     model_options = {k: options.pop(k) for k in _GPT_MODEL_FIELDS}
     run_dir = pathlib.Path(out)
@@ -135,6 +136,11 @@ def train(out: str, **options) -> None:
         return
     tty = sys.stdout.isatty()
     stop = threading.Event()
+    try:
+        prompt, _ = encode_prompt(run.tokenizer, "", state.model.block_size)
+    except TokenizerError as exc:
+        prompt = None  # a vocabulary without a newline: checkpoints then come without samples
+        click.echo(f"notice: no samples at checkpoints ({exc})", err=True)
 
     def on_sigint(signum, frame):
         if stop.is_set():
@@ -166,11 +172,13 @@ def train(out: str, **options) -> None:
             elif event["step"] % cfg.log_every == 0 or event["step"] == event["steps"]:
                 click.echo(line)
         elif kind == "checkpoint":
-            rng = np.random.default_rng(cfg.seed)
-            ids = run.tokenizer.encode("\n")
-            new = generate(event["model"], ids, cfg.sample_tokens, 0.8, 200, rng)
             prefix = "\n" if tty else ""
+            if prompt is None or cfg.sample_tokens == 0:
+                click.echo(f"{prefix}saved {run_dir} at step {event['step']}")
+                return
             click.echo(f"{prefix}saved {run_dir} at step {event['step']}; sample:")
+            rng = np.random.default_rng(cfg.seed)  # the same draws each time: samples compare
+            new = generate(event["model"], prompt, cfg.sample_tokens, 0.8, 200, rng)
             click.echo(run.tokenizer.decode(new))
             click.echo("-" * 40)
 

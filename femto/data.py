@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from femto.errors import ConfigError, DatasetError, TokenizerError
-from femto.tokenizers.base import EOT_MARKER, Tokenizer, get_tokenizer_class
+from femto.tokenizers.base import EOT_MARKER, Tokenizer, fsync_directory, get_tokenizer_class
 
 logger = logging.getLogger(__name__)
 
@@ -510,6 +510,7 @@ def fetch_corpus(
             "removed, run the command again"
         )
     os.replace(part, final)
+    fsync_directory(final.parent)
     return final
 
 
@@ -562,7 +563,9 @@ def encode_corpus(
     try:
         with os.fdopen(fd, "wb") as f:
             for text, done in corpus.chunks():
-                ids = np.asarray(tokenizer.encode(text), dtype=np.int64)
+                ids = np.asarray(tokenizer.encode_buffer(text))
+                if ids.dtype.kind not in "iu":  # an empty list, or a plugin's odd sequence
+                    ids = ids.astype(np.int64)
                 if ids.size:
                     if ids.min() < 0 or ids.max() >= tokenizer.vocab_size:
                         raise TokenizerError(
@@ -581,6 +584,7 @@ def encode_corpus(
     except BaseException:
         pathlib.Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_directory(cache_dir)
     if corpus.skipped["malformed"] or corpus.skipped["deleted"]:
         logger.info("corpus %s: %s", corpus.name, corpus.skipped)
     return np.memmap(path, dtype=dtype, mode="r")

@@ -5,11 +5,18 @@
 __kernel void adamw_update(__global float* param, __global float* m, __global float* v,
                            __global const float* grad, int N, float lr, float beta1, float beta2,
                            float eps, float weight_decay, float grad_scale, int step) {
-    const int i = get_global_id(0);
+    // The bias corrections are the same for every element, but a per-item pow() is not hoisted by
+    // every compiler (PoCL spends most of the kernel in it): one work-item per group computes them.
+    __local float corrections[2];
+    if (get_local_id(0) == 0) {
+        corrections[0] = 1.0f - pow(beta1, (float)step);
+        corrections[1] = 1.0f - pow(beta2, (float)step);
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    const int i = get_global_id(0);  // the return comes after the barrier every work-item must reach
     if (i >= N) return;
+    const float correction1 = corrections[0], correction2 = corrections[1];
     // PyTorch's AdamW order: decoupled decay first, then the bias-corrected Adam step
-    const float correction1 = 1.0f - pown(beta1, step);
-    const float correction2 = 1.0f - pown(beta2, step);
     const float g = grad[i] * grad_scale;
     const float mi = beta1 * m[i] + (1.0f - beta1) * g;
     const float vi = beta2 * v[i] + (1.0f - beta2) * g * g;

@@ -6,6 +6,7 @@ sample under shared/ is never copied into the repository.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import pathlib
@@ -31,9 +32,16 @@ from femto.tokenizers.char import CharTokenizer
 def write_dump(path: pathlib.Path, lines: list[str], compress: bool = False) -> pathlib.Path:
     raw = "".join(line + "\n" for line in lines).encode("utf-8")
     if compress:
-        # long-distance matching and a big window, as the Pushshift dumps are written
-        params = zstandard.ZstdCompressionParameters.from_level(3, window_log=27, enable_ldm=True)
-        raw = zstandard.ZstdCompressor(compression_params=params).compress(raw)
+        # streamed with long-distance matching and a 1 GiB window, as the Pushshift dumps are: a
+        # decoder with zstd's default window limit (128 MiB) refuses such a frame
+        params = zstandard.ZstdCompressionParameters.from_level(3, window_log=30, enable_ldm=True)
+        out = io.BytesIO()
+        with zstandard.ZstdCompressor(compression_params=params).stream_writer(
+            out, closefd=False
+        ) as writer:
+            writer.write(raw)
+        raw = out.getvalue()
+        assert zstandard.get_frame_parameters(raw).window_size == 1 << 30
     path.write_bytes(raw)
     return path
 

@@ -8,6 +8,7 @@ Training and checkpoint parity across devices live at the end and need femto.tra
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 
@@ -128,11 +129,13 @@ def test_kernels_dir_is_found_in_the_checkout():
 
 def test_programs_are_built_once_per_context(cl_backend):
     cl_backend.build_all()
-    before = dict(opencl._programs)
-    again = opencl.OpenCLBackend(device="0:0", kernels_dir=cl_backend.kernels_dir)
-    again.context = cl_backend.context  # same context: the in-process cache must answer
-    again._kernel("matmul_forward")
-    assert opencl._programs == before
+    built = dict(cl_backend._programs)
+    assert len(built) == len(set(opencl.STEMS.values()))  # one program per .cl file
+    assert (
+        cl_backend._program("matmul") is built[next(k for k in built if k[0].endswith("matmul.cl"))]
+    )
+    cl_backend.run("gelu_forward", cl_backend.zeros(3), cl_backend.zeros(3), N=3)
+    assert cl_backend._programs == built
 
 
 def test_kernel_set_matches_the_cpu_backend(cl_backend, cpu):
@@ -388,3 +391,36 @@ def test_checkpoint_resumes_and_samples_on_the_other_device(
         assert len(text) == 30  # a char model: one character per token
     np.testing.assert_allclose(logits[1][0], logits[0][0], rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(logits[1][1], logits[0][1], rtol=1e-4, atol=1e-4)
+
+
+# ---- femto devices ----
+
+
+def test_femto_devices_lists_every_device(cl_backend):
+    from click.testing import CliRunner
+
+    from femto.cli import main
+
+    result = CliRunner().invoke(main, ["devices"])
+    assert result.exit_code == 0, result.output
+    for d in opencl.list_devices():
+        assert f"opencl:{d['platform']}:{d['device']}" in result.output
+        assert d["name"] in result.output
+    assert result.output.count("*") == 1  # the device plain --device opencl picks
+    listed = json.loads(CliRunner().invoke(main, ["devices", "--json"]).output)
+    assert [(r["platform"], r["device"]) for r in listed] == [
+        (d["platform"], d["device"]) for d in opencl.list_devices()
+    ]
+    assert sum(r["default"] for r in listed) == 1
+
+
+def test_femto_devices_without_pyopencl_is_one_line(monkeypatch):
+    from click.testing import CliRunner
+
+    from femto.cli import main
+
+    monkeypatch.setitem(sys.modules, "pyopencl", None)
+    result = CliRunner().invoke(main, ["devices"])
+    assert result.exit_code == 1
+    assert "pip install pyopencl" in result.output
+    assert "Traceback" not in result.output

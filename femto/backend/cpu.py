@@ -30,7 +30,7 @@ def _checkout_source_hash() -> str | None:
     if not header.exists():
         return None
     digest = hashlib.sha256()
-    for path in [header, *sorted(csrc.glob("*.c"))]:
+    for path in [*sorted(csrc.glob("*.h")), *sorted(csrc.glob("*.c"))]:
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]

@@ -1,9 +1,8 @@
 """The OpenCL backend: device-resident buffers, kernels from kernels/<op>.cl run through pyopencl.
 
-It implements the same protocol as the CPU backend, so ops, graph and model never know which one runs.
-`LAUNCHES` maps each C kernel name (csrc/femto.h) to the OpenCL kernel(s) it enqueues and their launch
-geometry. It does not pick a device silently: "opencl" means the first GPU, else the first device (logged);
-"opencl:P:D" means exactly platform P, device D.
+Same protocol as the CPU backend, so ops, graph and model never know which one runs. `LAUNCHES` maps
+each C kernel name (csrc/femto.h) to the CL kernel(s) it enqueues and their geometry. No silent device
+choice: "opencl" is the first GPU, else the first device (logged); "opencl:P:D" is exactly that one.
 """
 
 from __future__ import annotations
@@ -172,7 +171,6 @@ class CLBuffer:
 
 # One enqueue: (CL kernel name, global size, local size or None, arguments in CL order).
 Launch = tuple[str, tuple[int, ...], "tuple[int, ...] | None", list]
-_programs: dict[tuple[int, str, str], Any] = {}  # (id of context, path, options) -> built program
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -207,6 +205,8 @@ class OpenCLBackend:
         self.kernels_dir = pathlib.Path(kernels_dir) if kernels_dir else find_kernels_dir()
         self.build_options = tuple(build_options)
         self._kernels: dict[str, Any] = {}
+        # (path, options) -> built program; the backend owns its context, so this is per context
+        self._programs: dict[tuple[str, str], Any] = {}
         self._scratch: dict[str, CLBuffer] = {}
         # reductions halve the local size each step, so it must be a power of two
         self._reduce_local = REDUCE_LOCAL
@@ -275,8 +275,8 @@ class OpenCLBackend:
     def _program(self, stem: str) -> Any:
         path = self.kernels_dir / f"{stem}.cl"
         options = " ".join(("-cl-std=CL1.2", *self.build_options))
-        key = (id(self.context), str(path), options)
-        program = _programs.get(key)
+        key = (str(path), options)
+        program = self._programs.get(key)
         if program is None:
             try:
                 source = path.read_text()
@@ -284,15 +284,15 @@ class OpenCLBackend:
                 raise KernelBuildError(f"cannot read OpenCL kernel file {path}: {exc}") from exc
             program = self._cl.Program(self.context, source)
             try:
-                # pyopencl keeps built binaries in its on-disk cache, so this compiles once per machine
+                # compiled binaries are cached on disk: by pyopencl, or by the driver where it keeps
+                # its own cache (PoCL, NVIDIA), so a file compiles once per machine and device
                 program.build(options=options)
             except self._cl.Error as exc:
-                build_log = program.get_build_info(self.device, self._cl.program_build_info.LOG)
                 raise KernelBuildError(
                     f"OpenCL kernel file {path} failed to build for {self.device_name}:\n"
-                    f"{(build_log or str(exc)).strip()}"
+                    f"{_build_log(program, self.device, exc)}"
                 ) from exc
-            _programs[key] = program
+            self._programs[key] = program
         return program
 
     def _kernel(self, cl_name: str) -> Any:
@@ -323,6 +323,16 @@ class OpenCLBackend:
                 continue
             cl_args = [arg.buf if isinstance(arg, CLBuffer) else arg for arg in args]
             self._kernel(cl_name)(self.queue, global_size, local_size, *cl_args)
+
+
+def _build_log(program: Any, device: Any, exc: Exception) -> str:
+    """The compiler's log for `device`; pyopencl's error text (which also carries it) as a fallback,
+    since on its cached build path the failed program object holds no log."""
+    try:
+        log_text = program.get_build_info(device, _import_pyopencl().program_build_info.LOG)
+    except Exception:  # noqa: BLE001 - any failure here must not hide the original build error
+        log_text = ""
+    return (log_text or str(exc)).strip()
 
 
 # ---- launch table: C kernel name -> the CL kernels it enqueues ----

@@ -13,13 +13,15 @@ import json
 import os
 import pathlib
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from femto.errors import TokenizerError
 
 ENTRY_POINT_GROUP = "femto.tokenizers"
 # TinyStories' story separator; a tokenizer with an end-of-text symbol encodes it as one id
 EOT_MARKER = "<|endoftext|>"
+# save_tokenizer writes a tokenizer's description here, so a directory alone is enough to load it
+DESCRIPTION_FILE = "tokenizer.json"
 
 
 class Tokenizer(abc.ABC):
@@ -45,6 +47,12 @@ class Tokenizer(abc.ABC):
     @abc.abstractmethod
     def encode(self, text: str) -> list[int]:
         """Raise TokenizerError naming the character and its position for text it cannot represent."""
+
+    def encode_buffer(self, text: str) -> Sequence[int]:
+        """`encode(text)` as any sequence of ints that numpy reads without a Python loop (a
+        memoryview of integers, or a list). The token cache calls this; override it to skip
+        building a list of Python ints."""
+        return self.encode(text)
 
     @abc.abstractmethod
     def decode(self, ids: Iterable[int]) -> str: ...
@@ -94,6 +102,21 @@ def write_atomic(path: pathlib.Path, data: bytes) -> None:
     except BaseException:
         pathlib.Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_directory(path.parent)
+
+
+def fsync_directory(directory: pathlib.Path) -> None:
+    """Make a rename inside `directory` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on a directory; the rename itself is done
+        pass
+    finally:
+        os.close(fd)
 
 
 def read_json_file(path: pathlib.Path) -> dict:
@@ -137,9 +160,6 @@ def check_file(directory: pathlib.Path, description: dict, kind: str) -> pathlib
             "(truncated or edited?); retrain it with `femto tokenize train`"
         )
     return path
-
-
-DESCRIPTION_FILE = "tokenizer.json"
 
 
 def save_tokenizer(tokenizer: Tokenizer, directory: pathlib.Path) -> dict:

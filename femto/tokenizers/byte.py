@@ -41,8 +41,11 @@ class ByteTokenizer(Tokenizer):
         return 256
 
     def encode(self, text: str) -> list[int]:
+        return list(self.encode_buffer(text))
+
+    def encode_buffer(self, text: str) -> memoryview:
         try:
-            return list(text.encode("utf-8"))
+            return memoryview(text.encode("utf-8"))
         except UnicodeEncodeError as exc:  # a lone surrogate, which no UTF-8 file can contain
             raise TokenizerError(
                 f"character U+{ord(text[exc.start]):04X} at position {exc.start} is a lone "

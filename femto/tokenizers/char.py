@@ -82,19 +82,24 @@ class CharTokenizer(Tokenizer):
         return len(self._itos)
 
     def encode(self, text: str) -> list[int]:
-        if self.eot is None or self.eot not in text:
-            return self._encode_plain(text, 0)
-        ids: list[int] = []
-        offset = 0
-        for k, part in enumerate(text.split(self.eot)):
-            if k:
-                ids.append(self.eot_id)
-                offset += len(self.eot)
-            ids.extend(self._encode_plain(part, offset))
-            offset += len(part)
-        return ids
+        return self.encode_buffer(text).tolist()
 
-    def _encode_plain(self, text: str, offset: int) -> list[int]:
+    def encode_buffer(self, text: str) -> memoryview:
+        """The ids as a memoryview of native unsigned 32-bit ints."""
+        if self.eot is not None and self.eot in text:
+            # the marker becomes the character whose code point is eot_id, after checking the rest
+            parts = text.split(self.eot)
+            offset = 0
+            for part in parts:
+                self._check(part, offset)
+                offset += len(part) + len(self.eot)
+            mapped = chr(self.eot_id).join(part.translate(self._to_ids) for part in parts)
+        else:
+            self._check(text, 0)
+            mapped = text.translate(self._to_ids)
+        return memoryview(mapped.encode(_UTF32, "surrogatepass")).cast("I")
+
+    def _check(self, text: str, offset: int) -> None:
         match = self._unknown.search(text)
         if match is not None:
             raise TokenizerError(
@@ -102,8 +107,6 @@ class CharTokenizer(Tokenizer):
                 f"in the char tokenizer's vocabulary ({len(self.chars)} characters from its training "
                 "corpus); retrain on text that has it, or use --tokenizer byte or sentencepiece"
             )
-        coded = text.translate(self._to_ids).encode(_UTF32, "surrogatepass")
-        return memoryview(coded).cast("I").tolist()
 
     def decode(self, ids: Iterable[int]) -> str:
         ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)

@@ -1,0 +1,248 @@
+"""Times one full training step (forward, backward, AdamW with clipping) of femto beside PyTorch eager.
+
+For each config (A-D of issue 6) it runs femto and, when torch is installed (the optional `bench`
+extra), the PyTorch twin in bench/torch_gpt.py, each in its own subprocess so peak RSS is per
+framework, on the same thread count and batches. It prints the median ms/step over the timed steps,
+tokens/s, model GFLOP/s and peak RSS, and femto's speed ratio to PyTorch. It does not check losses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import pathlib
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# name -> (vocab_size, block_size, n_embd, n_layer, n_head, batch_size), as issue 6 defines them
+CONFIGS: dict[str, tuple[int, int, int, int, int, int]] = {
+    "A": (65, 64, 64, 4, 4, 32),  # femtoGPT's default
+    "B": (65, 64, 128, 4, 4, 12),  # nanoGPT's CPU 'baby GPT'
+    "C": (1000, 64, 128, 8, 8, 32),  # femtoGPT's TinyStories model
+    "D": (500, 128, 256, 6, 8, 16),
+}
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def config_dict(name: str) -> dict[str, int]:
+    V, T, C, L, NH, B = CONFIGS[name]
+    return dict(vocab_size=V, block_size=T, n_embd=C, n_layer=L, n_head=NH, batch_size=B)
+
+
+def flops_per_token(cfg: dict[str, int]) -> int:
+    """nanoGPT's estimate (estimate_mfu): 6 N for the weights (N without wpe; the tied lm_head counts
+    through wte) plus 12 L C T for attention's scores and weighted sum, forward and backward."""
+    V, T, C, L = cfg["vocab_size"], cfg["block_size"], cfg["n_embd"], cfg["n_layer"]
+    n_params = V * C + L * (12 * C * C + 13 * C) + 2 * C  # wte, blocks with biases, ln_f
+    return 6 * n_params + 12 * L * C * T
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+# ---- workers: each runs in its own process and prints one JSON line ----
+
+
+def femto_trainer(cfg: dict[str, int], threads: int):
+    import numpy as np
+
+    from femto.backend.cpu import CPUBackend
+    from femto.model import GPT, GPTConfig
+    from femto.optim import AdamW
+
+    backend = CPUBackend(num_threads=threads)
+    model_cfg = GPTConfig(**{k: v for k, v in cfg.items() if k != "batch_size"}, dropout=0.0)
+    model = GPT(model_cfg, backend, np.random.default_rng(0))
+    optimizer = AdamW(model.params, lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1, grad_clip=1.0)
+
+    def step(x: np.ndarray, y: np.ndarray) -> float:
+        _, loss = model(x, y)
+        loss.backward()
+        value = loss.item()
+        optimizer.step()
+        model.zero_grad()
+        return value
+
+    return step, lambda a: a
+
+
+def torch_trainer(cfg: dict[str, int], threads: int):
+    import torch
+    from torch_gpt import TorchGPT
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = TorchGPT(
+        cfg["vocab_size"], cfg["block_size"], cfg["n_layer"], cfg["n_head"], cfg["n_embd"]
+    )
+    optimizer = model.optimizer(lr=1e-3)
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> float:
+        _, loss = model(x, y)
+        loss.backward()
+        value = loss.item()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # femto's AdamW clips at 1.0 too
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return value
+
+    return step, lambda a: torch.from_numpy(a.astype("int64"))
+
+
+def run_worker(framework: str, config: str, threads: int, warmup: int, steps: int) -> dict:
+    import numpy as np
+
+    rss_start = peak_rss_mib()
+    cfg = config_dict(config)
+    make = femto_trainer if framework == "femto" else torch_trainer
+    step, convert = make(cfg, threads)
+    rss_model = peak_rss_mib()
+    B, T, V = cfg["batch_size"], cfg["block_size"], cfg["vocab_size"]
+    rng = np.random.default_rng(1)
+    batches = []
+    for _ in range(warmup + steps):
+        windows = rng.integers(0, V, size=(B, T + 1), dtype=np.int32)  # (B, T + 1)
+        batches.append((convert(windows[:, :-1].copy()), convert(windows[:, 1:].copy())))
+    times, losses = [], []
+    for i, (x, y) in enumerate(batches):
+        t0 = time.perf_counter()
+        losses.append(step(x, y))
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    ms = statistics.median(times) * 1e3
+    tokens = B * T
+    return {
+        "framework": framework,
+        "config": config,
+        "threads": threads,
+        "steps": steps,
+        "ms_per_step": ms,
+        "ms_min": min(times) * 1e3,
+        "tokens_per_s": tokens / (ms / 1e3),
+        "gflops": flops_per_token(cfg) * tokens / (ms / 1e3) / 1e9,
+        "peak_rss_mib": peak_rss_mib(),
+        "rss_after_import_mib": rss_start,
+        "rss_after_build_mib": rss_model,
+        "first_loss": losses[0],
+        "last_loss": losses[-1],
+    }
+
+
+# ---- driver ----
+
+
+def worker_env(threads: int) -> dict[str, str]:
+    env = dict(os.environ)
+    for var in THREAD_VARS:
+        env[var] = str(threads)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def spawn(script: pathlib.Path, framework: str, config: str, args: argparse.Namespace) -> dict:
+    """Run one worker in a fresh interpreter and return its JSON result."""
+    cmd = [
+        sys.executable, str(script), "--worker", framework, "--configs", config,
+        "--threads", str(args.threads), "--warmup", str(args.warmup), "--steps", str(args.steps),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=worker_env(args.threads))
+    if proc.returncode != 0:
+        raise SystemExit(f"{framework} worker for config {config} failed:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def best_of(results: list[dict]) -> dict:
+    """Of repeated rounds, the one with the lowest median: the least disturbed by other load."""
+    return min(results, key=lambda r: r["ms_per_step"])
+
+
+def format_table(rows: list[dict]) -> str:
+    head = (
+        f"{'cfg':<4}{'framework':<10}{'ms/step':>9}{'tok/s':>10}{'GFLOP/s':>9}{'RSS MiB':>9}"
+        f"{'speed vs torch':>16}{'RSS vs torch':>14}"
+    )
+    lines = [head, "-" * len(head)]
+    for row in rows:
+        for r in (row["femto"], row.get("torch")):
+            if r is None:
+                continue
+            speed = rss = ""
+            if r["framework"] == "femto" and row.get("torch"):
+                speed = f"{row['speed_ratio']:.2f}x"
+                rss = f"{row['rss_ratio']:.2f}x"
+            lines.append(
+                f"{row['config']:<4}{r['framework']:<10}{r['ms_per_step']:>9.1f}"
+                f"{r['tokens_per_s']:>10.0f}{r['gflops']:>9.2f}{r['peak_rss_mib']:>9.0f}"
+                f"{speed:>16}{rss:>14}"
+            )
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", default="A,B,C,D", help="comma-separated subset of A,B,C,D")
+    parser.add_argument("--threads", type=int, default=2, help="threads for both frameworks (2)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (3)")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps; the median counts (20)")
+    parser.add_argument("--rounds", type=int, default=1, help="alternate runs per framework (1)")
+    parser.add_argument("--no-torch", action="store_true", help="time femto only")
+    parser.add_argument("--json", metavar="PATH", help="also write the table as JSON here")
+    parser.add_argument("--worker", choices=("femto", "torch"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.configs = [c.strip().upper() for c in args.configs.split(",") if c.strip()]
+    unknown = [c for c in args.configs if c not in CONFIGS]
+    if unknown or not args.configs:
+        parser.error(f"--configs takes names from {','.join(CONFIGS)}, got {unknown or 'none'}")
+    if args.threads < 1 or args.steps < 1 or args.warmup < 0 or args.rounds < 1:
+        parser.error("--threads, --steps and --rounds must be >= 1 and --warmup >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.worker:
+        result = run_worker(args.worker, args.configs[0], args.threads, args.warmup, args.steps)
+        print(json.dumps(result))
+        return
+    with_torch = not args.no_torch and importlib.util.find_spec("torch") is not None
+    if not args.no_torch and not with_torch:
+        print("torch is not installed (pip install -e '.[bench]'): timing femto only")
+    frameworks = ["femto", "torch"] if with_torch else ["femto"]
+    script = pathlib.Path(__file__).resolve()
+    rows = []
+    for config in args.configs:
+        runs: dict[str, list[dict]] = {f: [] for f in frameworks}
+        for _ in range(args.rounds):
+            for framework in frameworks:
+                runs[framework].append(spawn(script, framework, config, args))
+        row: dict[str, Any] = {"config": config, **config_dict(config)}
+        row["femto"] = best_of(runs["femto"])
+        if with_torch:
+            row["torch"] = best_of(runs["torch"])
+            row["speed_ratio"] = row["torch"]["ms_per_step"] / row["femto"]["ms_per_step"]
+            row["rss_ratio"] = row["femto"]["peak_rss_mib"] / row["torch"]["peak_rss_mib"]
+        rows.append(row)
+        print(f"config {config} done", file=sys.stderr)
+    print(
+        f"training step, {args.threads} threads, median of {args.steps} steps after {args.warmup} "
+        f"warm-up, best of {args.rounds} round(s); speed ratio = PyTorch ms / femto ms"
+    )
+    print(format_table(rows))
+    if args.json:
+        meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count()}
+        record = {"benchmark": "train_speed", **meta, "args": vars(args), "rows": rows}
+        pathlib.Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
