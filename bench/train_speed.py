@@ -35,7 +35,9 @@ THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 def config_dict(name: str) -> dict[str, int]:
     V, T, C, L, NH, B = CONFIGS[name]
-    return dict(vocab_size=V, block_size=T, n_embd=C, n_layer=L, n_head=NH, batch_size=B)
+    return {
+        "vocab_size": V, "block_size": T, "n_embd": C, "n_layer": L, "n_head": NH, "batch_size": B
+    }  # fmt: skip
 
 
 def flops_per_token(cfg: dict[str, int]) -> int:
@@ -155,7 +157,9 @@ def spawn(script: pathlib.Path, framework: str, config: str, args: argparse.Name
         sys.executable, str(script), "--worker", framework, "--configs", config,
         "--threads", str(args.threads), "--warmup", str(args.warmup), "--steps", str(args.steps),
     ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=worker_env(args.threads))
+    proc = subprocess.run(
+        cmd, check=False, capture_output=True, text=True, env=worker_env(args.threads)
+    )
     if proc.returncode != 0:
         raise SystemExit(f"{framework} worker for config {config} failed:\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

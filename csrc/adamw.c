@@ -2,6 +2,7 @@
 #include <math.h>
 
 #include "femto.h"
+#include "vecmath.h"
 
 void adamw_update(float* param, float* m, float* v, const float* grad, size_t N, float lr,
                   float beta1, float beta2, float eps, float weight_decay, float grad_scale,
@@ -10,7 +11,7 @@ void adamw_update(float* param, float* m, float* v, const float* grad, size_t N,
     float correction1 = 1.0f - powf(beta1, (float)step);
     float correction2 = 1.0f - powf(beta2, (float)step);
     float decay = 1.0f - lr * weight_decay;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N >= FEMTO_PARALLEL_MIN)
     for (size_t i = 0; i < N; i++) {
         float g = grad[i] * grad_scale;
         float mi = beta1 * m[i] + (1.0f - beta1) * g;
@@ -29,7 +30,7 @@ void sum_squares(float* out, const float* inp, size_t N) {
     /* fixed chunks summed in a fixed order: the gradient norm does not depend on the thread count */
     double partial[SUM_SQUARES_CHUNKS];
     size_t chunk = (N + SUM_SQUARES_CHUNKS - 1) / SUM_SQUARES_CHUNKS;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N >= FEMTO_PARALLEL_MIN)
     for (size_t k = 0; k < SUM_SQUARES_CHUNKS; k++) {
         size_t lo = k * chunk, hi = lo + chunk < N ? lo + chunk : N;
         double acc = 0.0;

@@ -1,5 +1,6 @@
 /* dropout.c: inverted dropout with a counter-based mask; shapes in femto/ops/dropout.py. */
 #include "femto.h"
+#include "vecmath.h"
 
 /* A hash of (seed, i) instead of a sequential RNG: the mask is the same for any thread count and on
  * OpenCL (kernels/dropout.cl uses the same function), and backward recomputes it instead of storing it. */
@@ -15,7 +16,7 @@ static inline float dropout_uniform(uint32_t seed, uint32_t i) {
 
 void dropout_forward(float* out, const float* inp, size_t N, float p, uint32_t seed) {
     float keep_scale = 1.0f / (1.0f - p);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N >= FEMTO_PARALLEL_MIN)
     for (size_t i = 0; i < N; i++) {
         out[i] = dropout_uniform(seed, (uint32_t)i) < p ? 0.0f : inp[i] * keep_scale;
     }
@@ -23,8 +24,9 @@ void dropout_forward(float* out, const float* inp, size_t N, float p, uint32_t s
 
 void dropout_backward(float* dinp, const float* dout, size_t N, float p, uint32_t seed) {
     float keep_scale = 1.0f / (1.0f - p);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N >= FEMTO_PARALLEL_MIN)
     for (size_t i = 0; i < N; i++) {
-        if (dropout_uniform(seed, (uint32_t)i) >= p) dinp[i] += dout[i] * keep_scale;
+        /* a select, not a branch, so the loop vectorises */
+        dinp[i] += dropout_uniform(seed, (uint32_t)i) < p ? 0.0f : dout[i] * keep_scale;
     }
 }

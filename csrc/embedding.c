@@ -2,9 +2,10 @@
 #include <string.h>
 
 #include "femto.h"
+#include "vecmath.h"
 
 void embedding_forward(float* out, const int32_t* ids, const float* weight, size_t N, size_t C) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * C >= FEMTO_PARALLEL_MIN)
     for (size_t n = 0; n < N; n++) {
         memcpy(out + n * C, weight + (size_t)ids[n] * C, C * sizeof(float));
     }
@@ -17,7 +18,7 @@ void embedding_backward(float* dweight, const float* dout, const int32_t* ids, s
     (void)V;
     const size_t block = 16;
     size_t nblocks = (C + block - 1) / block;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * C >= FEMTO_PARALLEL_MIN)
     for (size_t cb = 0; cb < nblocks; cb++) {
         size_t c0 = cb * block;
         size_t c1 = c0 + block < C ? c0 + block : C;

@@ -11,8 +11,8 @@
 #include <immintrin.h>
 #endif
 
-/* VW floats per vector; a register tile is MR rows by NVMAX vectors (NR columns). MR x NVMAX accumulators
- * plus NVMAX B vectors and one broadcast must fit the register file (32 zmm, 16 ymm). */
+/* VW floats per vector; a register tile is MR rows by NVMAX vectors (NR columns). MR x NVMAX
+ * accumulators plus NVMAX B vectors and one broadcast must fit the register file (32 zmm, 16 ymm). */
 #if defined(__AVX512F__)
 #define VW 16
 #define MR 12
@@ -32,7 +32,9 @@ static inline void v_storen(float* p, vf x, int n) { _mm512_mask_storeu_ps(p, la
 #define MR 6
 typedef __m256 vf;
 static const int lane_table[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
-static inline __m256i lanes_mask(int n) { return _mm256_loadu_si256((const __m256i*)(lane_table + 8 - n)); }
+static inline __m256i lanes_mask(int n) {
+    return _mm256_loadu_si256((const __m256i*)(lane_table + 8 - n));
+}
 static inline vf v_zero(void) { return _mm256_setzero_ps(); }
 static inline vf v_load(const float* p) { return _mm256_loadu_ps(p); }
 static inline void v_store(float* p, vf x) { _mm256_storeu_ps(p, x); }
@@ -87,9 +89,10 @@ static inline vf v_add(vf a, vf b) {
 /* Below this many multiply-adds a parallel region costs more than it saves. */
 #define SERIAL_MACS 65536
 
-/* One register tile: C[0:mr, 0:nv*VW] = init + A[0:mr, 0:kc] @ Bpanel, storing `lanes` lanes of the last
- * vector. A(r,k) is a[r*lda + k] (row-major, read in place) or a[k*MR + r] (packed); the panel is pb[k*nv*VW + j]
- * with zeros past the last column. init is a row of zeros or the bias (init_rs 0), or C itself (init_rs ldc). */
+/* One register tile: C[0:mr, 0:nv*VW] = init + A[0:mr, 0:kc] @ Bpanel, storing `lanes` lanes of the
+ * last vector. A(r,k) is a[r*lda + k] (row-major, read in place) or a[k*MR + r] (packed); the panel
+ * is pb[k*nv*VW + j], zero past the last column. init is a row of zeros or the bias (init_rs 0), or
+ * C itself (init_rs ldc). */
 static inline __attribute__((always_inline)) void tile(const int mr, const int nv, const int a_rowmajor,
                                                        size_t kc, const float* a, size_t lda,
                                                        const float* pb, float* c, size_t ldc, int lanes,
@@ -173,6 +176,29 @@ static const float zeros[NR]; /* the initial C of a product without bias */
 
 static size_t min_sz(size_t x, size_t y) { return x < y ? x : y; }
 
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#define SIMD_TRANSPOSE
+/* dst[k*ldd + j] = src[j*lds + k] for an 8 x 8 block, in registers (unpack, shuffle, permute). */
+static inline void transpose8x8(const float* src, size_t lds, float* dst, size_t ldd) {
+    __m256 r[8], t[8], u[8];
+    for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(src + i * lds);
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+        u[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int i = 0; i < 4; i++) {
+        _mm256_storeu_ps(dst + i * ldd, _mm256_permute2f128_ps(u[i], u[i + 4], 0x20));
+        _mm256_storeu_ps(dst + (i + 4) * ldd, _mm256_permute2f128_ps(u[i], u[i + 4], 0x31));
+    }
+}
+#endif
+
 /* Packs B[pc:pc+kc, j0:j0+w] (w <= NR) as dst[k*W + j], W = w rounded up to VW, zero past w. */
 static void pack_panel(float* dst, const gemm_args* g, size_t pc, size_t kc, size_t j0, size_t w) {
     const size_t nv = (w + VW - 1) / VW, W = nv * VW;
@@ -186,32 +212,45 @@ static void pack_panel(float* dst, const gemm_args* g, size_t pc, size_t kc, siz
         }
     } else {
         /* B is the transpose of a row-major (N, K) matrix: each source row becomes a strided column. */
-        for (size_t j = 0; j < w; j++) {
-            const float* src = g->b + (j0 + j) * g->ldb + pc;
-            for (size_t k = 0; k < kc; k++) dst[k * W + j] = src[k];
+        const float* src = g->b + j0 * g->ldb + pc;
+        size_t j = 0;
+#if defined(SIMD_TRANSPOSE)
+        for (; j + 8 <= w; j += 8) {
+            size_t k = 0;
+            for (; k + 8 <= kc; k += 8) transpose8x8(src + j * g->ldb + k, g->ldb, dst + k * W + j, W);
+            for (; k < kc; k++)
+                for (size_t jj = j; jj < j + 8; jj++) dst[k * W + jj] = src[jj * g->ldb + k];
         }
-        for (size_t j = w; j < W; j++)
+#endif
+        for (; j < w; j++)
+            for (size_t k = 0; k < kc; k++) dst[k * W + j] = src[j * g->ldb + k];
+        for (; j < W; j++)
             for (size_t k = 0; k < kc; k++) dst[k * W + j] = 0.0f;
     }
 }
 
-/* Splits the (M, N) output over nthreads as a tm x tn grid of tile-aligned blocks, minimising the busiest
- * thread's cost: its multiply-adds plus packing its B columns (every thread packs the panels it uses,
- * so splitting rows packs B once per row group). Weights are in multiply-add lanes per element. */
+/* Splits the (M, N) output over nthreads as a tm x tn grid of tile-aligned blocks. Short products (the
+ * dweight of a small layer) minimise the busiest thread's cost: its multiply-adds plus packing its B
+ * columns (every thread packs the panels it uses). Weights are in multiply-add lanes per element. */
 static void choose_grid(const gemm_args* g, int nthreads, int* tm_out, int* tn_out) {
     const size_t mt = (g->M + MR - 1) / MR, np = (g->N + NR - 1) / NR;
-    const size_t pack_cost = g->b_rowmajor ? 2 : 24; /* a transposed B is packed one float at a time */
+    const size_t pack_cost = g->b_rowmajor ? 2 : 8; /* a transposed B packs 8 x 8 blocks */
     size_t best = (size_t)-1;
     *tm_out = nthreads;
     *tn_out = 1;
+    /* Tall products split rows only: threads then read disjoint rows of A, and never write neighbouring
+     * columns of one C row, which would share a cache line where a row does not start on one. */
+    if (mt >= (size_t)(4 * nthreads)) return;
     for (int tm = nthreads; tm >= 1; tm--) {
         if (nthreads % tm) continue;
         const int tn = nthreads / tm;
         size_t worst = 0;
         for (int ti = 0; ti < tm; ti++) {
-            const size_t r0 = min_sz(g->M, mt * ti / tm * MR), r1 = min_sz(g->M, mt * (ti + 1) / tm * MR);
+            const size_t r0 = min_sz(g->M, mt * ti / tm * MR);
+            const size_t r1 = min_sz(g->M, mt * (ti + 1) / tm * MR);
             for (int tj = 0; tj < tn; tj++) {
-                const size_t c0 = min_sz(g->N, np * tj / tn * NR), c1 = min_sz(g->N, np * (tj + 1) / tn * NR);
+                const size_t c0 = min_sz(g->N, np * tj / tn * NR);
+                const size_t c1 = min_sz(g->N, np * (tj + 1) / tn * NR);
                 const size_t lanes = (c1 - c0 + VW - 1) / VW * VW;
                 const size_t cost = (r1 - r0) * lanes + (r1 > r0 ? pack_cost * lanes : 0);
                 if (cost > worst) worst = cost;
@@ -225,15 +264,17 @@ static void choose_grid(const gemm_args* g, int nthreads, int* tm_out, int* tn_o
     }
 }
 
-/* One thread's block of C: rows [i0, i1), column panels [p0, p1). It packs its own B panels, NC columns
- * and KC rows at a time, so threads never wait on each other inside the product. */
+/* One thread's block of C: rows [i0, i1), column panels [p0, p1). It packs its own B panels, KC rows
+ * and NC columns at a time, so threads never wait on each other inside the product. */
 static void gemm_block(const gemm_args* g, size_t i0, size_t i1, size_t p0, size_t p1) {
     _Alignas(64) float pb[KC * NC]; /* packed B: up to NC/NR panels of KC x NR */
     _Alignas(64) float pa[KC * MR]; /* one packed tile of column-major A */
-    for (size_t q0 = p0; q0 < p1; q0 += NC / NR) {
-        const size_t q1 = min_sz(p1, q0 + NC / NR);
-        for (size_t pc = 0; pc < g->K; pc += KC) {
-            const size_t kc = min_sz(KC, g->K - pc);
+    /* K-blocks outermost: this thread's rows of the A block (at most 1 MiB in these models) stay in L2
+     * while every NC-column chunk of B streams past them. */
+    for (size_t pc = 0; pc < g->K; pc += KC) {
+        const size_t kc = min_sz(KC, g->K - pc);
+        for (size_t q0 = p0; q0 < p1; q0 += NC / NR) {
+            const size_t q1 = min_sz(p1, q0 + NC / NR);
             for (size_t p = q0; p < q1; p++)
                 pack_panel(pb + (p - q0) * kc * NR, g, pc, kc, p * NR, min_sz(NR, g->N - p * NR));
             const float* a_k = g->a + (g->a_rowmajor ? pc : pc * g->lda);
@@ -298,7 +339,8 @@ void matmul_forward(float* out, const float* inp, const float* weight, const flo
     gemm(&g);
 }
 
-/* dbias[o] += sum over n of dout[n, o]: each thread owns whole vectors of columns, summed in row order. */
+/* dbias[o] += sum over n of dout[n, o]: each thread owns whole vectors of columns, summed in row
+ * order. */
 static void column_sums(float* dbias, const float* dout, size_t N, size_t OC) {
     const size_t nvec = (OC + VW - 1) / VW;
 #pragma omp parallel for schedule(static) if (N * OC >= SERIAL_MACS)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -39,7 +40,7 @@ def no_grad() -> Iterator[None]:
 class Tensor:
     """A float32 or int32 array living in a backend buffer."""
 
-    __slots__ = ("data", "shape", "dtype", "backend", "requires_grad", "grad", "op")
+    __slots__ = ("backend", "data", "dtype", "grad", "op", "pooled", "requires_grad", "shape")
 
     def __init__(
         self,
@@ -56,6 +57,7 @@ class Tensor:
         self.requires_grad = requires_grad
         self.grad: Tensor | None = None
         self.op: Op | None = None
+        self.pooled = False  # True when the backend allocated `data` for this tensor alone
 
     @classmethod
     def from_numpy(cls, array: np.ndarray, backend: Backend, requires_grad: bool = False) -> Tensor:
@@ -64,15 +66,30 @@ class Tensor:
             array = array.astype(np.float32)
         elif array.dtype.kind in "iu":
             array = array.astype(np.int32)
-        return cls(backend.from_numpy(array), array.shape, backend, dtype_name(array), requires_grad)
+        return cls(
+            backend.from_numpy(array), array.shape, backend, dtype_name(array), requires_grad
+        )
 
     @classmethod
     def empty(cls, shape: Sequence[int], backend: Backend, dtype: str = "float32") -> Tensor:
-        return cls(backend.empty(math.prod(shape), dtype), shape, backend, dtype)
+        t = cls(backend.empty(math.prod(shape), dtype), shape, backend, dtype)
+        t.pooled = True
+        return t
 
     @classmethod
     def zeros(cls, shape: Sequence[int], backend: Backend, dtype: str = "float32") -> Tensor:
-        return cls(backend.zeros(math.prod(shape), dtype), shape, backend, dtype)
+        t = cls(backend.zeros(math.prod(shape), dtype), shape, backend, dtype)
+        t.pooled = True
+        return t
+
+    def __del__(self, _refcount=sys.getrefcount) -> None:
+        # Hand the buffer back for reuse by the next step's tensor of the same size. Two references
+        # (this slot and the call's argument) mean nothing else holds it: no other Tensor sharing
+        # it, no numpy view of it. Backends without a pool (no release method) just free it.
+        if self.pooled and _refcount(self.data) == 2:
+            release = getattr(self.backend, "release", None)
+            if release is not None:
+                release(self.data)
 
     @property
     def size(self) -> int:
@@ -93,8 +110,12 @@ class Tensor:
     def copy_from_numpy(self, array: np.ndarray) -> None:
         """Overwrite the contents in place (same shape), keeping the buffer other code may hold."""
         if tuple(array.shape) != self.shape:
-            raise ShapeError(f"copy into tensor of shape {self.shape} from array of shape {array.shape}")
-        self.backend.copy_(self.data, self.backend.from_numpy(np.ascontiguousarray(array, np.float32)))
+            raise ShapeError(
+                f"copy into tensor of shape {self.shape} from array of shape {array.shape}"
+            )
+        self.backend.copy_(
+            self.data, self.backend.from_numpy(np.ascontiguousarray(array, np.float32))
+        )
 
     def zero_grad(self) -> None:
         """Zero the gradient in place, keeping its buffer for the next step."""
@@ -190,7 +211,9 @@ def backward(loss: Tensor, grad: Tensor | None = None) -> None:
             )
         grad = Tensor.from_numpy(np.ones(loss.shape, np.float32), loss.backend)
     elif grad.shape != loss.shape:
-        raise ShapeError(f"backward(): grad of shape {grad.shape} for a tensor of shape {loss.shape}")
+        raise ShapeError(
+            f"backward(): grad of shape {grad.shape} for a tensor of shape {loss.shape}"
+        )
     if loss.op is None:
         raise ShapeError("backward(): this tensor was not produced by a recorded op (no_grad?)")
     loss.grad = grad
@@ -201,12 +224,16 @@ def backward(loss: Tensor, grad: Tensor | None = None) -> None:
         if node.grad is not None:
             grads = op.backward(node.grad)
             if len(grads) != len(op.inputs):
-                raise AssertionError(f"{type(op).__name__}.backward returned {len(grads)} gradients "
-                                     f"for {len(op.inputs)} inputs")
+                raise AssertionError(
+                    f"{type(op).__name__}.backward returned {len(grads)} gradients "
+                    f"for {len(op.inputs)} inputs"
+                )
             for inp, g in zip(op.inputs, grads):
                 if g is not None and g.shape != inp.shape:
-                    raise AssertionError(f"{type(op).__name__}.backward: gradient of shape {g.shape} "
-                                         f"for an input of shape {inp.shape}")
+                    raise AssertionError(
+                        f"{type(op).__name__}.backward: gradient of shape {g.shape} "
+                        f"for an input of shape {inp.shape}"
+                    )
         # the graph is single-use: drop saved activations and intermediate gradients as we go
         node.op = None
         node.grad = None

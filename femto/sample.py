@@ -56,7 +56,16 @@ def load_run(run_dir: pathlib.Path, device: str = "cpu") -> LoadedRun:
 def encode_prompt(tokenizer: Tokenizer, text: str, block_size: int) -> tuple[list[int], str | None]:
     """Prompt ids (an empty prompt starts from a newline) cut to the last block_size tokens, and a
     notice when they were cut. Text the tokenizer cannot encode raises its TokenizerError."""
-    ids = tokenizer.encode(text if text else "\n")
+    if text:
+        ids = tokenizer.encode(text)
+    else:
+        try:
+            ids = tokenizer.encode("\n")
+        except TokenizerError:
+            raise TokenizerError(
+                "an empty prompt starts from a newline, which this run's tokenizer cannot encode: "
+                "give a prompt (--prompt TEXT)"
+            ) from None
     if not ids:
         raise TokenizerError(f"the prompt {text!r} encodes to no tokens")
     notice = None

@@ -28,7 +28,7 @@ from femto.data import (
     train_tokenizer,
     train_val_split,
 )
-from femto.errors import ConfigError
+from femto.errors import CheckpointError, ConfigError
 from femto.graph import no_grad
 from femto.model import GPT, GPTConfig
 from femto.optim import AdamW
@@ -167,7 +167,12 @@ def prepare_run(
         raise ConfigError(f"--out {run_dir} is a file, not a run directory")
     if ckpt.has_checkpoint(run_dir):
         state = ckpt.load_state(run_dir)
-        saved_train = TrainConfig.from_dict(state.train)
+        try:
+            saved_train = TrainConfig.from_dict(state.train)
+        except (ConfigError, TypeError) as exc:
+            raise CheckpointError(
+                f'{run_dir / ckpt.CONFIG_FILE}: invalid "train" options ({exc})'
+            ) from None
         problems = _conflicts(model_options, state.model.to_dict())
         identity = {k: v for k, v in train_options.items() if k in RUN_IDENTITY}
         problems += _conflicts(identity, saved_train.to_dict())

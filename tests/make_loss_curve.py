@@ -36,21 +36,29 @@ def corpus_tokens() -> np.ndarray:
 
 
 def loss_curve(steps: int = STEPS, num_threads: int = 2) -> list[float]:
-    """Train CONFIG from its seeded init for `steps` AdamW steps; the loss before each update."""
-    backend = CPUBackend(num_threads=num_threads)
-    tokens = corpus_tokens()
-    rng = np.random.default_rng(SEED)
-    model = GPT(CONFIG, backend, np.random.default_rng(SEED))
-    optimizer = AdamW(model.params, lr=LR)
-    losses = []
-    for _ in range(steps):
-        x, y = get_batch(tokens, BATCH, CONFIG.block_size, rng)  # (B, T) each
-        _, loss = model(x, y)
-        loss.backward()
-        losses.append(loss.item())
-        optimizer.step()
-        model.zero_grad()
-    return losses
+    """Train CONFIG from its seeded init for `steps` AdamW steps; the loss before each update.
+
+    Every kernel is bit-identical at any thread count (tests/test_threads.py), so the curve is too.
+    """
+    backend = CPUBackend()
+    previous = backend.num_threads()
+    backend.set_num_threads(num_threads)
+    try:
+        tokens = corpus_tokens()
+        rng = np.random.default_rng(SEED)
+        model = GPT(CONFIG, backend, np.random.default_rng(SEED))
+        optimizer = AdamW(model.params, lr=LR)
+        losses = []
+        for _ in range(steps):
+            x, y = get_batch(tokens, BATCH, CONFIG.block_size, rng)  # (B, T) each
+            _, loss = model(x, y)
+            loss.backward()
+            losses.append(loss.item())
+            optimizer.step()
+            model.zero_grad()
+        return losses
+    finally:
+        backend.set_num_threads(previous)
 
 
 def main() -> None:

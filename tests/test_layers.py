@@ -56,6 +56,7 @@ TABLE = [
             "femto.checkpoint",
         ],
     ),
+    ("femto.__main__", ["femto.cli"]),  # `python -m femto` is the femto command
 ]
 # arrows the table lacks, each pending a decision (STYLE.md: an architecture change to discuss)
 EXCEPTIONS = {

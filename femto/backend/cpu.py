@@ -20,7 +20,9 @@ REBUILD_HINT = "rebuild it with `pip install -e .` (or `python build_ffi.py`) in
 try:
     from femto import _cpu
 except ImportError as exc:  # the extension is part of femto; without it nothing can run
-    raise ExtensionBuildError(f"femto's C extension femto._cpu is not built ({exc}): {REBUILD_HINT}") from exc
+    raise ExtensionBuildError(
+        f"femto's C extension femto._cpu is not built ({exc}): {REBUILD_HINT}"
+    ) from exc
 
 
 def _checkout_source_hash() -> str | None:
@@ -44,7 +46,11 @@ if _wanted_hash is not None and _wanted_hash != _built_hash:
         f"{REBUILD_HINT}"
     )
 
-_C_TYPES = {np.dtype(np.float32): "float *", np.dtype(np.int32): "int32_t *"}
+# cffi's from_buffer checks contiguity but not the element type: the dtype is checked here first
+_C_ARRAYS = {np.dtype(np.float32): "float[]", np.dtype(np.int32): "int32_t[]"}
+_DTYPE_NAMES = {np.dtype(np.float32): "float32", np.dtype(np.int32): "int32"}  # dtype.name is slow
+# a recycled buffer per (dtype, size) beyond this many is left to the garbage collector
+POOL_MAX_PER_SIZE = 16
 
 
 class CPUBackend:
@@ -54,6 +60,10 @@ class CPUBackend:
 
     def __init__(self, num_threads: int | None = None):
         self.device_name = "CPU (OpenMP C kernels)"
+        # free buffers by (dtype, size): activations and gradients of one step serve the next, so a
+        # steady training loop allocates nothing and touches no fresh pages
+        self._free: dict[tuple[str, int], list[np.ndarray]] = {}
+        self._kernels: dict[str, Any] = {}
         if num_threads is not None:
             self.set_num_threads(num_threads)
 
@@ -66,10 +76,22 @@ class CPUBackend:
         return int(_cpu.lib.femto_get_num_threads())
 
     def empty(self, n: int, dtype: str = "float32") -> np.ndarray:
+        free = self._free.get((dtype, n))
+        if free:
+            return free.pop()
         return np.empty(n, dtype=DTYPES[dtype])
 
     def zeros(self, n: int, dtype: str = "float32") -> np.ndarray:
-        return np.zeros(n, dtype=DTYPES[dtype])
+        buf = self.empty(n, dtype)
+        buf.fill(0)
+        return buf
+
+    def release(self, buf: np.ndarray) -> None:
+        """Take back a buffer that its tensor no longer uses (graph.Tensor calls this when it dies and
+        holds the only reference); a later empty() or zeros() of the same size reuses it."""
+        free = self._free.setdefault((_DTYPE_NAMES[buf.dtype], buf.size), [])
+        if len(free) < POOL_MAX_PER_SIZE:
+            free.append(buf)
 
     def from_numpy(self, array: np.ndarray) -> np.ndarray:
         dtype_name(array)  # rejects float64 and friends before they can be reinterpreted as floats
@@ -85,22 +107,28 @@ class CPUBackend:
         np.copyto(dst, src)
 
     def kernel_names(self) -> set[str]:
-        return {name for name in dir(_cpu.lib) if name.endswith(("_forward", "_backward", "_update"))} | {
-            "sum_squares"
-        }
+        return {
+            name for name in dir(_cpu.lib) if name.endswith(("_forward", "_backward", "_update"))
+        } | {"sum_squares"}
 
-    def run(self, name: str, *bufs: Any, **scalars: int | float) -> None:
+    def run(self, name: str, *bufs: Any, **scalars: float) -> None:
         """Call kernel `name` with the buffers (None becomes NULL), then the scalars in keyword order."""
+        kernel = self._kernels.get(name)
+        if kernel is None:
+            kernel = self._kernels[name] = getattr(_cpu.lib, name)
         args = []
         for buf in bufs:
             if buf is None:
                 args.append(_cpu.ffi.NULL)
                 continue
             # cffi would happily read a float64 array as twice as many floats: check before casting
-            if buf.dtype not in _C_TYPES or not buf.flags.c_contiguous:
-                raise TypeError(f"{name}: buffer of dtype {buf.dtype} is not a contiguous float32/int32")
-            args.append(_cpu.ffi.cast(_C_TYPES[buf.dtype], buf.ctypes.data))
-        getattr(_cpu.lib, name)(*args, *scalars.values())
+            c_array = _C_ARRAYS.get(buf.dtype)
+            if c_array is None or not buf.flags.c_contiguous:
+                raise TypeError(
+                    f"{name}: buffer of dtype {buf.dtype} is not a contiguous float32/int32"
+                )
+            args.append(_cpu.ffi.from_buffer(c_array, buf))
+        kernel(*args, *scalars.values())
 
     def synchronize(self) -> None:
         pass

@@ -1,0 +1,163 @@
+"""Times generation of 200 tokens at batch 1: femto's sampler beside PyTorch eager, with and without a
+key/value cache, for the configs of bench/train_speed.py (A-D of issue 6).
+
+Each framework runs in its own subprocess on the same thread count, with random weights (speed does
+not depend on them) and temperature-1 sampling. Both slide the window the same way once the context
+exceeds block_size (the cache is rebuilt from the last block_size tokens). It does not compare text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import pathlib
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+from train_speed import CONFIGS, config_dict, peak_rss_mib, worker_env
+
+MODES = ("cache", "no_cache")
+
+
+def femto_generator(cfg: dict[str, int], threads: int):
+    import numpy as np
+
+    from femto.backend.cpu import CPUBackend
+    from femto.model import GPT, GPTConfig
+    from femto.sample import generate
+
+    backend = CPUBackend(num_threads=threads)
+    model_cfg = GPTConfig(**{k: v for k, v in cfg.items() if k != "batch_size"}, dropout=0.0)
+    model = GPT(model_cfg, backend, np.random.default_rng(0))
+
+    def run(tokens: int, use_cache: bool) -> None:
+        rng = np.random.default_rng(0)
+        generate(model, [0], tokens, temperature=1.0, rng=rng, use_cache=use_cache)
+
+    return run
+
+
+def torch_generator(cfg: dict[str, int], threads: int):
+    import torch
+    from torch_gpt import TorchGPT
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = TorchGPT(
+        cfg["vocab_size"], cfg["block_size"], cfg["n_layer"], cfg["n_head"], cfg["n_embd"]
+    ).eval()
+
+    def run(tokens: int, use_cache: bool) -> None:
+        model.generate(torch.zeros((1, 1), dtype=torch.long), tokens, use_cache=use_cache)
+
+    return run
+
+
+def run_worker(framework: str, config: str, threads: int, tokens: int, repeats: int) -> dict:
+    cfg = config_dict(config)
+    make = femto_generator if framework == "femto" else torch_generator
+    run = make(cfg, threads)
+    result = {"framework": framework, "config": config, "threads": threads, "tokens": tokens}
+    for mode in MODES:
+        use_cache = mode == "cache"
+        run(min(tokens, 8), use_cache)  # warm-up: first-call costs (allocation, dispatch caches)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            run(tokens, use_cache)
+            times.append(time.perf_counter() - t0)
+        result[f"{mode}_tokens_per_s"] = tokens / statistics.median(times)
+    result["peak_rss_mib"] = peak_rss_mib()
+    return result
+
+
+def spawn(framework: str, config: str, args: argparse.Namespace) -> dict:
+    cmd = [
+        sys.executable, str(pathlib.Path(__file__).resolve()), "--worker", framework,
+        "--configs", config, "--threads", str(args.threads), "--tokens", str(args.tokens),
+        "--repeats", str(args.repeats),
+    ]  # fmt: skip
+    proc = subprocess.run(
+        cmd, check=False, capture_output=True, text=True, env=worker_env(args.threads)
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"{framework} worker for config {config} failed:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def format_table(rows: list[dict]) -> str:
+    head = (
+        f"{'cfg':<4}{'framework':<10}{'cache tok/s':>13}{'no-cache tok/s':>16}{'RSS MiB':>9}"
+        f"{'cache vs torch cache':>22}"
+    )
+    lines = [head, "-" * len(head)]
+    for row in rows:
+        for r in (row["femto"], row.get("torch")):
+            if r is None:
+                continue
+            ratio = (
+                f"{row['speed_ratio']:.2f}x" if r["framework"] == "femto" and "torch" in row else ""
+            )
+            lines.append(
+                f"{row['config']:<4}{r['framework']:<10}{r['cache_tokens_per_s']:>13.0f}"
+                f"{r['no_cache_tokens_per_s']:>16.0f}{r['peak_rss_mib']:>9.0f}{ratio:>22}"
+            )
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", default="A,B,C,D", help="comma-separated subset of A,B,C,D")
+    parser.add_argument("--threads", type=int, default=2, help="threads for both frameworks (2)")
+    parser.add_argument("--tokens", type=int, default=200, help="tokens generated per run (200)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs; the median counts (3)")
+    parser.add_argument("--no-torch", action="store_true", help="time femto only")
+    parser.add_argument("--json", metavar="PATH", help="also write the table as JSON here")
+    parser.add_argument("--worker", choices=("femto", "torch"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.configs = [c.strip().upper() for c in args.configs.split(",") if c.strip()]
+    unknown = [c for c in args.configs if c not in CONFIGS]
+    if unknown or not args.configs:
+        parser.error(f"--configs takes names from {','.join(CONFIGS)}, got {unknown or 'none'}")
+    if args.threads < 1 or args.tokens < 1 or args.repeats < 1:
+        parser.error("--threads, --tokens and --repeats must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.worker:
+        result = run_worker(args.worker, args.configs[0], args.threads, args.tokens, args.repeats)
+        print(json.dumps(result))
+        return
+    with_torch = not args.no_torch and importlib.util.find_spec("torch") is not None
+    if not args.no_torch and not with_torch:
+        print("torch is not installed (pip install -e '.[bench]'): timing femto only")
+    rows = []
+    for config in args.configs:
+        row: dict = {"config": config, **config_dict(config), "femto": spawn("femto", config, args)}
+        if with_torch:
+            row["torch"] = spawn("torch", config, args)
+            row["speed_ratio"] = (
+                row["femto"]["cache_tokens_per_s"] / row["torch"]["cache_tokens_per_s"]
+            )
+        rows.append(row)
+        print(f"config {config} done", file=sys.stderr)
+    print(
+        f"generation at batch 1, {args.tokens} tokens, {args.threads} threads, median of "
+        f"{args.repeats} runs; ratio = femto cache tok/s / PyTorch cache tok/s"
+    )
+    print(format_table(rows))
+    if args.json:
+        meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count()}
+        record = {"benchmark": "sample_speed", **meta, "args": vars(args), "rows": rows}
+        pathlib.Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
