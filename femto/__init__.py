@@ -3,4 +3,4 @@
 __version__ = "0.1.0"
 
 # Importing the CPU backend checks that the C extension is built and current, and says how to rebuild.
-from femto.backend import cpu as _cpu_backend  # noqa: E402,F401
+from femto.backend import cpu as _cpu_backend  # noqa: F401

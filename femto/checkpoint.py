@@ -11,12 +11,12 @@ import json
 import math
 import os
 import pathlib
-import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from femto.errors import CheckpointError, ConfigError
+from femto.fileio import fsync_directory, write_atomic, write_synced
 from femto.model import GPTConfig
 
 FORMAT_VERSION = 1
@@ -28,41 +28,6 @@ JOURNAL_FILE = ".checkpoint-commit.json"
 CHECKPOINT_FILES = (MODEL_FILE, OPTIMIZER_FILE, CONFIG_FILE)
 MAX_HEADER_BYTES = 100_000_000  # the safetensors reference implementation's limit
 _F32 = np.dtype("<f4")
-
-
-# ---- atomic files ----
-
-
-def _fsync_dir(directory: pathlib.Path) -> None:
-    """Make renames inside `directory` durable (a rename is only on disk once the directory is)."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_synced(path: pathlib.Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def write_atomic(path: pathlib.Path, data: bytes) -> None:
-    """Write `data` to a temporary file beside `path`, fsync it, rename it over `path`, fsync the dir."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; run files are ordinary readable files
-        _write_synced(pathlib.Path(tmp), data)
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 # ---- safetensors ----
@@ -261,9 +226,9 @@ def finish_interrupted_commit(run_dir: pathlib.Path) -> None:
             pending = run_dir / _pending_name(name)
             if pending.exists():
                 os.replace(pending, run_dir / name)
-        _fsync_dir(run_dir)
+        fsync_directory(run_dir)
         _journal_path(run_dir).unlink()
-        _fsync_dir(run_dir)
+        fsync_directory(run_dir)
     for name in CHECKPOINT_FILES:
         (run_dir / _pending_name(name)).unlink(missing_ok=True)
 
@@ -294,8 +259,8 @@ def save_checkpoint(
         CONFIG_FILE: (json.dumps(state.to_json(), indent=2) + "\n").encode("utf-8"),
     }
     for name, data in contents.items():
-        _write_synced(run_dir / _pending_name(name), data)
-    _fsync_dir(run_dir)
+        write_synced(run_dir / _pending_name(name), data)
+    fsync_directory(run_dir)
     write_atomic(_journal_path(run_dir), json.dumps({"files": list(contents)}).encode("utf-8"))
     finish_interrupted_commit(run_dir)
 

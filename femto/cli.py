@@ -85,6 +85,11 @@ _GPT_MODEL_FIELDS = ("block_size", "n_layer", "n_head", "n_embd", "dropout", "bi
 @_gpt_option("--tokenizer", "tokenizer", "Tokenizer by name (char, byte, ...).")
 @click.option("--vocab", type=int, help="Vocabulary size for trainable tokenizers.")
 @click.option(
+    "--sp-model-type",
+    type=click.Choice(["unigram", "bpe"]),
+    help="sentencepiece's algorithm. [default: unigram]",
+)
+@click.option(
     "--out", default="out", show_default=True, help="Run directory (resumed if it holds a run)."
 )
 @_gpt_option("--device", "device", "cpu, opencl or opencl:P:D.")
@@ -277,9 +282,7 @@ def evaluate_command(out: str, data: str | None, split: str, batch_size: int, de
 
 
 def _gpt_run_tokenizer(out: str):
-    from femto.sample import load_tokenizer_of
-
-    return load_tokenizer_of(pathlib.Path(out))[0]
+    return _tok_load(pathlib.Path(out))[0]
 
 
 @tokenize.command()

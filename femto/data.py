@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from femto.errors import ConfigError, DatasetError, TokenizerError
-from femto.tokenizers.base import EOT_MARKER, Tokenizer, fsync_directory, get_tokenizer_class
+from femto.fileio import fsync_directory
+from femto.tokenizers.base import EOT_MARKER, Tokenizer, get_tokenizer_class
 
 logger = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from femto.errors import CheckpointError, ConfigError
 from femto.graph import no_grad
 from femto.model import GPT, GPTConfig
 from femto.optim import AdamW
-from femto.tokenizers.base import Tokenizer, load_tokenizer
+from femto.tokenizers.base import Tokenizer, load_tokenizer, save_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ class TrainConfig:
     data: str = "shakespeare"
     tokenizer: str = "char"
     vocab: int | None = None
+    sp_model_type: str | None = None
     device: str = "cpu"
     steps: int = 2000
     batch_size: int = 12
@@ -91,6 +92,15 @@ class TrainConfig:
             )
         if not self.data:
             raise ConfigError("--data must name a corpus or a path")
+        if self.sp_model_type is not None:
+            if self.tokenizer != "sentencepiece":
+                raise ConfigError(
+                    f"--sp-model-type applies to --tokenizer sentencepiece, not {self.tokenizer!r}"
+                )
+            if self.sp_model_type not in ("unigram", "bpe"):
+                raise ConfigError(
+                    f"--sp-model-type must be unigram or bpe, got {self.sp_model_type!r}"
+                )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -196,7 +206,8 @@ def prepare_run(
         config = TrainConfig(**train_options)
         GPTConfig(**{"vocab_size": 1, **model_options})  # fail on bad sizes before any slow work
         corpus = resolve_corpus(config.data, data_home)
-        tokenizer = train_tokenizer(corpus, config.tokenizer, config.vocab)
+        options = {"model_type": config.sp_model_type} if config.sp_model_type else {}
+        tokenizer = train_tokenizer(corpus, config.tokenizer, config.vocab, **options)
         model_config = GPTConfig(**{**model_options, "vocab_size": tokenizer.vocab_size})
         state = ckpt.RunState(model=model_config, train=config.to_dict())
         weights = optimizer_state = None
@@ -263,7 +274,7 @@ def train(
         "step": state.step, "steps": cfg.steps, "resumed": run.resumed,
     })  # fmt: skip
     ckpt.truncate_metrics(run_dir, state.step)
-    tokenizer_description = run.tokenizer.save(run_dir)
+    tokenizer_description = save_tokenizer(run.tokenizer, run_dir)
 
     B, T, accum = cfg.batch_size, state.model.block_size, cfg.grad_accum
     tokens_per_step = B * T * accum

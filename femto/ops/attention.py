@@ -33,7 +33,7 @@ class Attention(Op):
             "attention_forward", out.data, self.att.data, qkv.data, B=B, T=T, C=C, NH=self.n_head
         )
         self.out = out
-        self.sizes = dict(B=B, T=T, C=C, NH=self.n_head)
+        self.sizes = {"B": B, "T": T, "C": C, "NH": self.n_head}
         return out
 
     def backward(self, dout: Tensor) -> tuple:

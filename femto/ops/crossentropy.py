@@ -30,7 +30,7 @@ class CrossEntropy(Op):
         self.backend.run(
             "crossentropy_forward", loss.data, self.logsumexp.data, logits.data, targets.data, N=N, V=V
         )
-        self.sizes = dict(N=N, V=V)
+        self.sizes = {"N": N, "V": V}
         return loss
 
     def backward(self, dloss: Tensor) -> tuple:

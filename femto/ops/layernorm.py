@@ -22,7 +22,7 @@ class LayerNorm(Op):
             "layernorm_forward", out.data, self.mean.data, self.rstd.data, inp.data, weight.data,
             bias.data if bias is not None else None, N=N, C=C,
         )
-        self.sizes = dict(N=N, C=C)
+        self.sizes = {"N": N, "C": C}
         return out
 
     def __call__(self, inp: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:

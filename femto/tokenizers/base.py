@@ -10,12 +10,12 @@ from __future__ import annotations
 import abc
 import hashlib
 import json
-import os
 import pathlib
 import tempfile
 from collections.abc import Iterable, Sequence
 
 from femto.errors import TokenizerError
+from femto.fileio import write_atomic
 
 ENTRY_POINT_GROUP = "femto.tokenizers"
 # TinyStories' story separator; a tokenizer with an end-of-text symbol encodes it as one id
@@ -86,37 +86,6 @@ class Tokenizer(abc.ABC):
                 if path.is_file():
                     digest.update(path.name.encode() + b"\0" + path.read_bytes())
         return digest.hexdigest()
-
-
-def write_atomic(path: pathlib.Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file, fsync and rename: a crash leaves the old file."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_directory(path.parent)
-
-
-def fsync_directory(directory: pathlib.Path) -> None:
-    """Make a rename inside `directory` durable (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some filesystems refuse fsync on a directory; the rename itself is done
-        pass
-    finally:
-        os.close(fd)
 
 
 def read_json_file(path: pathlib.Path) -> dict:

@@ -15,7 +15,8 @@ import sys
 from collections.abc import Iterable, Sequence
 
 from femto.errors import TokenizerError
-from femto.tokenizers.base import Tokenizer, check_file, read_json_file, write_atomic
+from femto.fileio import write_atomic
+from femto.tokenizers.base import Tokenizer, check_file, read_json_file
 
 FILE_NAME = "vocab.json"
 FORMAT_VERSION = 1

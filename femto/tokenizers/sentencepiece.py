@@ -16,7 +16,8 @@ import re
 from collections.abc import Iterable, Iterator
 
 from femto.errors import TokenizerError
-from femto.tokenizers.base import Tokenizer, check_file, write_atomic
+from femto.fileio import write_atomic
+from femto.tokenizers.base import Tokenizer, check_file
 
 MODEL_FILE = "tokenizer.model"
 MODEL_TYPES = ("unigram", "bpe")
