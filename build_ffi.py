@@ -44,7 +44,7 @@ def _compiler_accepts(flag: str) -> bool:
 
 
 def compile_flags() -> tuple[list[str], list[str]]:
-    cflags = ["-std=c11", "-O3", "-Wall", "-Wno-unused-function", "-Wno-unknown-pragmas"]
+    cflags = ["-std=c11", "-O3", "-fno-math-errno", "-Wall", "-Wno-unused-function", "-Wno-unknown-pragmas"]
     ldflags: list[str] = []
     if os.environ.get("FEMTO_PORTABLE") != "1":
         cflags.append("-march=native")

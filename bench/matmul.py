@@ -1,9 +1,9 @@
-"""Times femto's matmul kernels beside numpy's `@` (its BLAS, OpenBLAS in the wheels) on the same shapes.
+"""Times femto's matmul kernels beside numpy's `@` (OpenBLAS in the wheels) on the same shapes.
 
-For every GPT layer shape (N tokens per batch, C = n_embd, OC outputs) it times forward `inp @ weight.T`,
-dinp `dout @ weight`, dweight `dout.T @ inp` and the whole backward, femto and numpy interleaved in the same
-run on the same thread count, and prints GFLOP/s and the ratio (and writes them with --json PATH).
-It times the C kernels through the extension directly, not the autograd graph (bench/train_speed.py does).
+For every GPT layer shape (N tokens per batch, C = n_embd, OC outputs) it times forward
+`inp @ weight.T`, dinp `dout @ weight`, dweight `dout.T @ inp` and the whole backward, femto and numpy
+alternating in one run on the same thread count; prints GFLOP/s and ratios (--json PATH writes them).
+It calls the C kernels through the extension, not the autograd graph (bench/train_speed.py does that).
 """
 
 from __future__ import annotations
@@ -105,12 +105,13 @@ def per_call_seconds(fn: Callable[[], Any], calls: int) -> float:
 def time_products(
     products: list[tuple[str, int, Callable[[], Any], Callable[[], Any]]], args: argparse.Namespace
 ) -> dict[str, tuple[float, float, float, float]]:
-    """Median and best seconds per call of femto and numpy for each product, over rounds that alternate the two
-    so that load from other processes hits both alike. Each batch makes enough calls to fill --batch-ms.
+    """Per product: median seconds per call of femto and of numpy, their ratio and best-round ratio,
+    over rounds that alternate the two so that load from other processes hits both alike. Each batch
+    makes enough calls to fill --batch-ms.
 
     Both libraries keep their worker threads spinning for a while after a call (OpenBLAS for about
-    2**28 cycles), which on a 2-core machine steals a core from whichever runs next; so each library's
-    batches are followed by a --settle-ms pause that lets those threads go to sleep."""
+    2**28 cycles), which on a 2-core machine steals a core from whichever runs next; so a --settle-ms
+    pause, which lets those threads go to sleep, precedes each library's batches."""
     batch_s, settle_s = args.batch_ms / 1e3, args.settle_ms / 1e3
     calls = {}
     for name, _, femto_fn, numpy_fn in products:
@@ -123,8 +124,15 @@ def time_products(
             time.sleep(settle_s)
             for name, _, *fns in products:
                 times[name][side].append(per_call_seconds(fns[side], calls[name]))
+    # The ratio is the median over rounds of numpy/femto within a round: the two batches of a round
+    # run a fraction of a second apart, so a burst of outside load mostly hits both or neither.
     return {
-        name: (statistics.median(f), statistics.median(n), min(f), min(n))
+        name: (
+            statistics.median(f),
+            statistics.median(n),
+            statistics.median(nt / ft for ft, nt in zip(f, n)),
+            min(n) / min(f),
+        )
         for name, (f, n) in times.items()
     }
 
@@ -169,28 +177,28 @@ def bench_shape(layer: str, N: int, C: int, OC: int, args: argparse.Namespace) -
         dout.T @ inp
         dout.sum(axis=0)
 
-    macs = N * C * OC
+    def femto_backward(d_inp: Any, d_weight: Any, d_bias: Any) -> Callable[[], None]:
+        return lambda: lib.matmul_backward(d_inp, d_weight, d_bias, p_dout, p_inp, p_w, N, C, OC)
+
+    macs, null = N * C * OC, ffi.NULL
     products = [
-        ("forward", 2 * macs, lambda: lib.matmul_forward(p_out, p_inp, p_w, ffi.NULL, N, C, OC),
+        ("forward", 2 * macs, lambda: lib.matmul_forward(p_out, p_inp, p_w, null, N, C, OC),
          lambda: inp @ weight.T),
-        ("dinp", 2 * macs, lambda: lib.matmul_backward(p_dinp, ffi.NULL, ffi.NULL, p_dout, p_inp, p_w, N, C, OC),
-         lambda: dout @ weight),
-        ("dweight", 2 * macs, lambda: lib.matmul_backward(ffi.NULL, p_dw, ffi.NULL, p_dout, p_inp, p_w, N, C, OC),
-         lambda: dout.T @ inp),
-        ("backward", 4 * macs + N * OC, lambda: lib.matmul_backward(p_dinp, p_dw, p_db, p_dout, p_inp, p_w, N, C, OC),
-         numpy_backward),
+        ("dinp", 2 * macs, femto_backward(p_dinp, null, null), lambda: dout @ weight),
+        ("dweight", 2 * macs, femto_backward(null, p_dw, null), lambda: dout.T @ inp),
+        ("backward", 4 * macs + N * OC, femto_backward(p_dinp, p_dw, p_db), numpy_backward),
     ]  # fmt: skip
     rows = []
     timings = time_products(products, args)
     for product, flops, _, _ in products:
-        femto_s, numpy_s, femto_best, numpy_best = timings[product]
+        femto_s, numpy_s, ratio, best_ratio = timings[product]
         rows.append(
             {
                 "layer": layer, "N": N, "C": C, "OC": OC, "product": product,
                 "femto_gflops": flops / femto_s / 1e9, "numpy_gflops": flops / numpy_s / 1e9,
-                "ratio": numpy_s / femto_s, "femto_ms": femto_s * 1e3, "numpy_ms": numpy_s * 1e3,
+                "ratio": ratio, "femto_ms": femto_s * 1e3, "numpy_ms": numpy_s * 1e3,
                 # the fastest round of each: what the kernels reach when the machine is quiet
-                "best_ratio": numpy_best / femto_best,
+                "best_ratio": best_ratio,
             }
         )  # fmt: skip
     return rows
@@ -205,7 +213,8 @@ def blas_description() -> str:
         )
         blas = config.get("Build Dependencies", {}).get("blas", {})
         threads = os.environ.get("OPENBLAS_NUM_THREADS", "?")
-        return f"{blas.get('name', 'unknown BLAS')} {blas.get('version', '')} (threads via env: {threads})"
+        name = f"{blas.get('name', 'unknown BLAS')} {blas.get('version', '')}"
+        return f"{name} (threads via env: {threads})"
     pools = [p for p in threadpool_info() if p.get("user_api") == "blas"]
     return "; ".join(
         f"{p['internal_api']} {p['version']} {p['num_threads']} threads" for p in pools

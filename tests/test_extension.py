@@ -29,7 +29,13 @@ def checkout(tmp_path: pathlib.Path) -> pathlib.Path:
 
 def import_femto(where: pathlib.Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(where)}
-    code = "import femto, sys; sys.stdout.write(femto.__file__)"
+    # an editable install (pip install -e .) adds a finder that would fetch femto._cpu from the real
+    # checkout when the copy lacks it; drop it so only the copy is seen
+    code = (
+        "import sys; sys.meta_path[:] = [f for f in sys.meta_path "
+        "if '__editable__' not in getattr(f, '__module__', '')]; "
+        "import femto; sys.stdout.write(femto.__file__)"
+    )
     return subprocess.run(
         [sys.executable, "-c", code],
         cwd=where,
