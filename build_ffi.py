@@ -44,12 +44,23 @@ def _compiler_accepts(flag: str) -> bool:
 
 
 def compile_flags() -> tuple[list[str], list[str]]:
-    cflags = ["-std=c11", "-O3", "-fno-math-errno", "-Wall", "-Wno-unused-function", "-Wno-unknown-pragmas"]
+    cflags = [
+        "-std=c11",
+        "-O3",
+        "-fno-math-errno",
+        "-Wall",
+        "-Wno-unused-function",
+        "-Wno-unknown-pragmas",
+    ]
     ldflags: list[str] = []
     if os.environ.get("FEMTO_PORTABLE") != "1":
         cflags.append("-march=native")
     if os.environ.get("FEMTO_SANITIZE") == "1":
-        san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all"]
+        san = [
+            "-fsanitize=address,undefined",
+            "-fno-omit-frame-pointer",
+            "-fno-sanitize-recover=all",
+        ]
         cflags = [f for f in cflags if f != "-O3"] + ["-O1", "-g", *san]
         ldflags += san
     if os.environ.get("FEMTO_NO_OPENMP") == "1":

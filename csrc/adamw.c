@@ -4,9 +4,17 @@
 #include "femto.h"
 #include "vecmath.h"
 
-void adamw_update(float* param, float* m, float* v, const float* grad, size_t N, float lr,
-                  float beta1, float beta2, float eps, float weight_decay, float grad_scale,
-                  int step) {
+void adamw_update(float* param, float* m, float* v, const float* grad, const float* grad_sumsq,
+                  size_t N, float lr, float beta1, float beta2, float eps, float weight_decay,
+                  float grad_clip, float grad_divisor, int step) {
+    /* torch.nn.utils.clip_grad_norm_'s coefficient, min(1, clip / (norm + 1e-6)), on the gradients
+     * after dividing them by grad_divisor (the number of accumulated micro-batches) */
+    float grad_scale = 1.0f / grad_divisor;
+    if (grad_sumsq && grad_clip > 0.0f) {
+        float norm = sqrtf(grad_sumsq[0]) / grad_divisor;
+        float clip = grad_clip / (norm + 1e-6f);
+        if (clip < 1.0f) grad_scale *= clip;
+    }
     /* PyTorch's AdamW order: decoupled decay first, then the bias-corrected Adam step */
     float correction1 = 1.0f - powf(beta1, (float)step);
     float correction2 = 1.0f - powf(beta2, (float)step);
@@ -27,7 +35,8 @@ void adamw_update(float* param, float* m, float* v, const float* grad, size_t N,
 #define SUM_SQUARES_CHUNKS 64
 
 void sum_squares(float* out, const float* inp, size_t N) {
-    /* fixed chunks summed in a fixed order: the gradient norm does not depend on the thread count */
+    /* fixed chunks summed in a fixed order: the gradient norm does not depend on the thread count.
+     * It accumulates, so one buffer collects the squared norm of every parameter's gradient. */
     double partial[SUM_SQUARES_CHUNKS];
     size_t chunk = (N + SUM_SQUARES_CHUNKS - 1) / SUM_SQUARES_CHUNKS;
 #pragma omp parallel for schedule(static) if (N >= FEMTO_PARALLEL_MIN)
@@ -39,5 +48,5 @@ void sum_squares(float* out, const float* inp, size_t N) {
     }
     double total = 0.0;
     for (size_t k = 0; k < SUM_SQUARES_CHUNKS; k++) total += partial[k];
-    out[0] = (float)total;
+    out[0] += (float)total;
 }

@@ -55,10 +55,12 @@ void crossentropy_forward(float* loss, float* logsumexp, const float* logits,
 void crossentropy_backward(float* dlogits, const float* dloss, const float* logits,
                            const int32_t* targets, const float* logsumexp, size_t N, size_t V);
 
-/* adamw.c: optimizer kernels (femto/optim.py) */
-void adamw_update(float* param, float* m, float* v, const float* grad, size_t N, float lr,
-                  float beta1, float beta2, float eps, float weight_decay, float grad_scale,
-                  int step);
+/* adamw.c: optimizer kernels (femto/optim.py). grad_sumsq holds the sum of squares of every gradient
+ * (from sum_squares, which accumulates), or is NULL for no clipping: the clip factor is computed on the
+ * device, so a step never reads the gradient norm back. */
+void adamw_update(float* param, float* m, float* v, const float* grad, const float* grad_sumsq,
+                  size_t N, float lr, float beta1, float beta2, float eps, float weight_decay,
+                  float grad_clip, float grad_divisor, int step);
 void sum_squares(float* out, const float* inp, size_t N);
 
 #endif

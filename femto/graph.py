@@ -40,7 +40,9 @@ def no_grad() -> Iterator[None]:
 class Tensor:
     """A float32 or int32 array living in a backend buffer."""
 
-    __slots__ = ("backend", "data", "dtype", "grad", "op", "pooled", "requires_grad", "shape")
+    __slots__ = (
+        "backend", "data", "dtype", "grad", "op", "pooled", "requires_grad", "shape", "value_range"
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -58,6 +60,7 @@ class Tensor:
         self.grad: Tensor | None = None
         self.op: Op | None = None
         self.pooled = False  # True when the backend allocated `data` for this tensor alone
+        self.value_range: tuple[int, int] | None = None  # (min, max) of int32 data, when known
 
     @classmethod
     def from_numpy(cls, array: np.ndarray, backend: Backend, requires_grad: bool = False) -> Tensor:
@@ -66,9 +69,19 @@ class Tensor:
             array = array.astype(np.float32)
         elif array.dtype.kind in "iu":
             array = array.astype(np.int32)
-        return cls(
-            backend.from_numpy(array), array.shape, backend, dtype_name(array), requires_grad
-        )
+        t = cls(backend.from_numpy(array), array.shape, backend, dtype_name(array), requires_grad)
+        if t.dtype == "int32" and array.size:
+            # known on the host for free; ops that index with ids check it without a device readback
+            t.value_range = (int(array.min()), int(array.max()))
+        return t
+
+    def id_range(self) -> tuple[int, int] | None:
+        """(min, max) of an int32 tensor (None when empty), from the host copy when it was made
+        from numpy, else read back from the device."""
+        if self.value_range is None and self.size:
+            host = self.backend.to_numpy(self.data)
+            self.value_range = (int(host.min()), int(host.max()))
+        return self.value_range
 
     @classmethod
     def empty(cls, shape: Sequence[int], backend: Backend, dtype: str = "float32") -> Tensor:

@@ -1,10 +1,15 @@
 """AdamW with global-norm gradient clipping: one `adamw_update` kernel call per parameter.
 
 Kernel contracts (csrc/adamw.c, kernels/adamw.cl), all buffers flat with N elements:
-  adamw_update(param, m, v, grad, N, lr, beta1, beta2, eps, weight_decay, grad_scale, step)
-      g = grad * grad_scale; PyTorch's AdamW (decoupled decay, bias correction with `step`, 1-based).
-  sum_squares(out (1,), inp (N,), N): out[0] = sum of inp^2, in a fixed order (thread-count independent).
-The optimizer does not compute gradients or reduce them across processes; it reads `.grad` as given.
+  sum_squares(out (1,), inp (N,), N): out[0] += sum of inp^2, in a fixed order (thread-count independent).
+  adamw_update(param, m, v, grad, grad_sumsq (1,) or NULL, N, lr, beta1, beta2, eps, weight_decay,
+               grad_clip, grad_divisor, step)
+      g = grad / grad_divisor, scaled by clip_grad_norm_'s min(1, grad_clip / (norm + 1e-6)) where
+      norm = sqrt(grad_sumsq) / grad_divisor; then PyTorch's AdamW (decoupled decay, bias correction
+      with `step`, 1-based).
+The clip factor is computed on the device, so a step never waits for the gradient norm; `grad_norm()`
+reads it back only when asked (for logging). The optimizer does not compute gradients or reduce them
+across processes; it reads `.grad` as given.
 """
 
 from __future__ import annotations
@@ -47,41 +52,39 @@ class AdamW:
         self.m = {n: Tensor.zeros(p.shape, p.backend) for n, p in self.params.items()}
         self.v = {n: Tensor.zeros(p.shape, p.backend) for n, p in self.params.items()}
         backend = next(iter(self.params.values())).backend
-        self._sumsq = Tensor.zeros((1,), backend)
+        self._sumsq = Tensor.zeros((1,), backend)  # sum of squares of every gradient, on the device
+        self._last_divisor = 1.0
 
-    def grad_norm(self, grad_divisor: float = 1.0) -> float:
-        """L2 norm over every parameter's gradient, divided by grad_divisor (see step)."""
-        total = 0.0
-        for p in self.params.values():
-            if p.grad is None:
-                continue
-            p.backend.run("sum_squares", self._sumsq.data, p.grad.data, N=p.size)
-            # summed on the host in float64 in a fixed parameter order: reproducible
-            total += float(self._sumsq.numpy()[0])
-        return math.sqrt(total) / grad_divisor
+    def grad_norm(self) -> float:
+        """L2 norm of the gradients the last step() used (divided by its grad_divisor, before
+        clipping). Reading it waits for the device, so callers ask only when they log it."""
+        if self.step_count == 0:
+            raise ConfigError("grad_norm() is known only after the first optimizer step")
+        return math.sqrt(max(float(self._sumsq.numpy()[0]), 0.0)) / self._last_divisor
 
-    def step(self, lr: float | None = None, grad_divisor: float = 1.0) -> float:
+    def step(self, lr: float | None = None, grad_divisor: float = 1.0) -> None:
         """Apply one update with the gradients divided by grad_divisor (e.g. the number of accumulated
-        micro-batches), clipped to global norm grad_clip. Returns the gradient norm before clipping."""
+        micro-batches), clipped to global norm grad_clip."""
         lr = self.lr if lr is None else lr
-        norm = self.grad_norm(grad_divisor)
-        if not math.isfinite(norm):
-            raise FloatingPointError(f"gradient norm is {norm} at step {self.step_count + 1}")
-        # torch.nn.utils.clip_grad_norm_'s coefficient, folded into the kernel's grad_scale
-        clip = min(1.0, self.grad_clip / (norm + 1e-6)) if self.grad_clip > 0 else 1.0
-        grad_scale = clip / grad_divisor
+        backend = self._sumsq.backend
+        backend.zero_(self._sumsq.data)
+        # summed in a fixed parameter order into one device scalar: reproducible, and no host sync
+        for p in self.params.values():
+            if p.grad is not None:
+                backend.run("sum_squares", self._sumsq.data, p.grad.data, N=p.size)
+        self._last_divisor = grad_divisor
         self.step_count += 1
         beta1, beta2 = self.betas
         for name, p in self.params.items():
             if p.grad is None:
                 continue
             decay = self.weight_decay if p.ndim >= 2 else 0.0
-            p.backend.run(
+            backend.run(
                 "adamw_update", p.data, self.m[name].data, self.v[name].data, p.grad.data,
-                N=p.size, lr=lr, beta1=beta1, beta2=beta2, eps=self.eps, weight_decay=decay,
-                grad_scale=grad_scale, step=self.step_count,
+                self._sumsq.data, N=p.size, lr=lr, beta1=beta1, beta2=beta2, eps=self.eps,
+                weight_decay=decay, grad_clip=self.grad_clip, grad_divisor=grad_divisor,
+                step=self.step_count,
             )  # fmt: skip
-        return norm
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """The moments as host arrays, named like PyTorch's AdamW state: NAME.exp_avg, NAME.exp_avg_sq."""

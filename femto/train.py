@@ -247,8 +247,9 @@ def train(
 ) -> ckpt.RunState:
     """Train run.config.steps steps in total (resuming at run.state.step); returns the final state.
 
-    Events: "start" (device, params, step, steps, resumed); "step" after each step (step, steps, loss, lr, grad_norm, dt_ms, tokens_per_s, elapsed_s,
-    eta_s, val_loss = the last measured); "eval" with val_loss; "checkpoint" after each save (step,
+    Events: "start" (device, params, step, steps, resumed); "step" after each step (step, steps, loss,
+    lr, dt_ms, tokens_per_s, elapsed_s, eta_s, val_loss = the last measured, and grad_norm on logged
+    steps); "eval" with val_loss; "checkpoint" after each save (step,
     model, tokenizer, for a sample); "done". Setting `stop` ends the loop after the current step with
     a checkpoint.
     """
@@ -310,7 +311,7 @@ def train(
             )
         # gradients are complete here: a data-parallel run would all-reduce them at this point and
         # pass grad_divisor = accum * world_size
-        grad_norm = optimizer.step(lr, grad_divisor=accum)
+        optimizer.step(lr, grad_divisor=accum)
         model.zero_grad()
         backend.synchronize()
         dt = time.perf_counter() - t0
@@ -332,13 +333,13 @@ def train(
             "step": state.step,
             "loss": loss_value,
             "lr": lr,
-            "grad_norm": grad_norm,
             "dt_ms": dt * 1000.0,
             "tokens_per_s": tokens_per_step / dt if dt > 0 else 0.0,
         }
         if val_loss is not None:
             record["val_loss"] = val_loss
         if state.step % cfg.log_every == 0 or val_loss is not None or state.step == cfg.steps:
+            record["grad_norm"] = optimizer.grad_norm()  # read back on logged steps only
             ckpt.append_metrics(run_dir, record)
         emit({
             "kind": "step", **record, "steps": cfg.steps, "val_loss": last_val,

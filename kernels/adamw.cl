@@ -3,19 +3,28 @@
 #define LOCAL_MAX 256
 
 __kernel void adamw_update(__global float* param, __global float* m, __global float* v,
-                           __global const float* grad, int N, float lr, float beta1, float beta2,
-                           float eps, float weight_decay, float grad_scale, int step) {
+                           __global const float* grad, __global const float* grad_sumsq, int N,
+                           float lr, float beta1, float beta2, float eps, float weight_decay,
+                           float grad_clip, float grad_divisor, int step) {
     // The bias corrections are the same for every element, but a per-item pow() is not hoisted by
     // every compiler (PoCL spends most of the kernel in it): one work-item per group computes them.
-    __local float corrections[2];
+    __local float corrections[3];
     if (get_local_id(0) == 0) {
         corrections[0] = 1.0f - pow(beta1, (float)step);
         corrections[1] = 1.0f - pow(beta2, (float)step);
+        // clip_grad_norm_'s coefficient on the gradients divided by grad_divisor, as in csrc/adamw.c
+        float grad_scale = 1.0f / grad_divisor;
+        if (grad_sumsq != 0 && grad_clip > 0.0f) {
+            const float clip = grad_clip / (sqrt(grad_sumsq[0]) / grad_divisor + 1e-6f);
+            if (clip < 1.0f) grad_scale *= clip;
+        }
+        corrections[2] = grad_scale;
     }
     barrier(CLK_LOCAL_MEM_FENCE);
     const int i = get_global_id(0);  // the return comes after the barrier every work-item must reach
     if (i >= N) return;
     const float correction1 = corrections[0], correction2 = corrections[1];
+    const float grad_scale = corrections[2];
     // PyTorch's AdamW order: decoupled decay first, then the bias-corrected Adam step
     const float g = grad[i] * grad_scale;
     const float mi = beta1 * m[i] + (1.0f - beta1) * g;
@@ -61,5 +70,5 @@ __kernel void sum_squares(__global float* out, __global const float* partial, in
     float acc = 0.0f;
     for (int k = lid; k < G; k += L) acc += partial[k];
     acc = block_sum(acc, buf);
-    if (lid == 0) out[0] = acc;
+    if (lid == 0) out[0] += acc;  // accumulates, like csrc/adamw.c
 }

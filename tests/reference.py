@@ -186,5 +186,14 @@ def adamw_update(param, m, v, grad, lr, beta1, beta2, eps, weight_decay, grad_sc
     return param, m, v
 
 
+def clip_grad_scale(grad_sumsq, grad_clip, grad_divisor):
+    """The factor adamw_update applies to raw gradients: 1 / grad_divisor, times clip_grad_norm_'s
+    min(1, grad_clip / (norm + 1e-6)) with norm = sqrt(grad_sumsq) / grad_divisor (no clip if None)."""
+    scale = 1.0 / grad_divisor
+    if grad_sumsq is not None and grad_clip > 0:
+        scale *= min(1.0, grad_clip / (np.sqrt(grad_sumsq) / grad_divisor + 1e-6))
+    return scale
+
+
 def sum_squares(inp: np.ndarray) -> float:
     return float(np.dot(inp.reshape(-1), inp.reshape(-1)))

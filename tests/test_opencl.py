@@ -276,9 +276,10 @@ def _cases(rng: np.random.Generator) -> list[tuple[str, list, dict, float]]:
             "beta2": 0.95,
             "eps": 1e-8,
             "weight_decay": 0.1,
-            "grad_scale": 0.5,
+            "grad_clip": 1.0,
+            "grad_divisor": 2.0,
         }
-        bufs = [r(N), r(N) * 0.1, np.abs(r(N)) * 0.01, r(N)]
+        bufs = [r(N), r(N) * 0.1, np.abs(r(N)) * 0.01, r(N), np.array([9.0], np.float32)]
         cases.append(("adamw_update", bufs, dict(N=N, **hyper, step=3), 1e-4))
         cases.append(("sum_squares", [r(1), r(N)], {"N": N}, 1e-5))
     cases.append(("sum_squares", [r(1), r(100003)], {"N": 100003}, 1e-5))

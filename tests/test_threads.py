@@ -70,13 +70,15 @@ def test_optimizer_kernels_are_bit_identical_at_1_and_2_threads(cpu):
                 m,
                 v,
                 cpu.from_numpy(grad.astype(np.float32)),
+                cpu.from_numpy(np.array([9.0], np.float32)),  # a squared norm that clips
                 N=param.size,
                 lr=1e-3,
                 beta1=0.9,
                 beta2=0.95,
                 eps=1e-8,
                 weight_decay=0.1,
-                grad_scale=1.0,
+                grad_clip=1.0,
+                grad_divisor=1.0,
                 step=step,
             )
         norm = cpu.zeros(1)

@@ -16,7 +16,8 @@ HYPER = {
     "beta2": 0.99,
     "eps": 1e-8,
     "weight_decay": 0.0,
-    "grad_scale": 1.0,
+    "grad_clip": 0.0,
+    "grad_divisor": 1.0,
 }
 
 
@@ -51,7 +52,9 @@ def test_two_layer_network_learns_a_batch(backend):
         losses.append(loss.item())
         loss.backward()
         for p, (m, v) in zip(params, moments):
-            backend.run("adamw_update", p.data, m, v, p.grad.data, N=p.size, **HYPER, step=step)
+            backend.run(
+                "adamw_update", p.data, m, v, p.grad.data, None, N=p.size, **HYPER, step=step
+            )
     assert np.isfinite(losses).all()
     assert abs(losses[0] - np.log(V)) < 1.0  # starts near uniform
     assert losses[-1] < 0.25 * losses[0], f"loss went {losses[0]:.3f} -> {losses[-1]:.3f}"

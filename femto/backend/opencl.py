@@ -535,10 +535,12 @@ def _crossentropy_backward(be, bufs, s) -> list[Launch]:
 
 
 def _adamw_update(be, bufs, s) -> list[Launch]:
-    param, m, v, grad = bufs
+    param, m, v, grad, grad_sumsq = bufs
     N = s["N"]
-    hyper = [f32(s[k]) for k in ("lr", "beta1", "beta2", "eps", "weight_decay", "grad_scale")]
-    return [("adamw_update", *_elementwise(N), [param, m, v, grad, i32(N), *hyper, i32(s["step"])])]
+    names = ("lr", "beta1", "beta2", "eps", "weight_decay", "grad_clip", "grad_divisor")
+    hyper = [f32(s[k]) for k in names]
+    args = [param, m, v, grad, grad_sumsq, i32(N), *hyper, i32(s["step"])]
+    return [("adamw_update", *_elementwise(N), args)]
 
 
 def _sum_squares(be, bufs, s) -> list[Launch]:

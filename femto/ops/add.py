@@ -22,8 +22,12 @@ class Add(Op):
     def backward(self, dout: Tensor) -> tuple:
         da, db = self.grad_of(0), self.grad_of(1)
         self.backend.run(
-            "add_backward", da.data if da is not None else None, db.data if db is not None else None,
-            dout.data, N=dout.size, M=self.inputs[1].size,
+            "add_backward",
+            da.data if da is not None else None,
+            db.data if db is not None else None,
+            dout.data,
+            N=dout.size,
+            M=self.inputs[1].size,
         )
         return (da, db)
 

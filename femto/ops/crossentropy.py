@@ -21,14 +21,22 @@ class CrossEntropy(Op):
             )
         V = logits.shape[-1]
         N = targets.size
-        host = self.backend.to_numpy(targets.data)
-        if N and (host.min() < 0 or host.max() >= V):
-            bad = int(host.min()) if host.min() < 0 else int(host.max())
-            raise TokenIdError(f"crossentropy: target id {bad} is outside the vocabulary [0, {V - 1}]")
+        lo, hi = targets.id_range() or (0, 0)
+        if lo < 0 or hi >= V:
+            bad = lo if lo < 0 else hi
+            raise TokenIdError(
+                f"crossentropy: target id {bad} is outside the vocabulary [0, {V - 1}]"
+            )
         loss = self.output(())
         self.logsumexp = self.output((N,))
         self.backend.run(
-            "crossentropy_forward", loss.data, self.logsumexp.data, logits.data, targets.data, N=N, V=V
+            "crossentropy_forward",
+            loss.data,
+            self.logsumexp.data,
+            logits.data,
+            targets.data,
+            N=N,
+            V=V,
         )
         self.sizes = {"N": N, "V": V}
         return loss
@@ -37,8 +45,13 @@ class CrossEntropy(Op):
         logits, targets = self.inputs
         dlogits = self.grad_of(0)
         self.backend.run(
-            "crossentropy_backward", dlogits.data, dloss.data, logits.data, targets.data,
-            self.logsumexp.data, **self.sizes,
+            "crossentropy_backward",
+            dlogits.data,
+            dloss.data,
+            logits.data,
+            targets.data,
+            self.logsumexp.data,
+            **self.sizes,
         )
         return (dlogits, None)
 

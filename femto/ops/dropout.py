@@ -19,7 +19,9 @@ class Dropout(Op):
     def forward(self, inp: Tensor) -> Tensor:
         check_float("dropout", "inp", inp)
         out = self.output(inp.shape)
-        self.backend.run("dropout_forward", out.data, inp.data, N=inp.size, p=self.p, seed=self.seed)
+        self.backend.run(
+            "dropout_forward", out.data, inp.data, N=inp.size, p=self.p, seed=self.seed
+        )
         return out
 
     def backward(self, dout: Tensor) -> tuple:

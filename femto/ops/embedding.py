@@ -21,11 +21,10 @@ class Embedding(Op):
             )
         V, C = weight.shape
         if ids.size:
-            host_ids = self.backend.to_numpy(ids.data)
-            lo, hi = int(host_ids.min()), int(host_ids.max())
+            lo, hi = ids.id_range()
             if lo < 0 or hi >= V:
                 bad = lo if lo < 0 else hi
-                position = int(np.flatnonzero(host_ids == bad)[0])
+                position = int(np.flatnonzero(self.backend.to_numpy(ids.data) == bad)[0])
                 raise TokenIdError(
                     f"embedding: token id {bad} (at flat position {position} of ids {ids.shape}) "
                     f"is outside the table of {V} rows: ids must be in [0, {V - 1}]"

@@ -19,8 +19,15 @@ class LayerNorm(Op):
         out = self.output(inp.shape)
         self.mean, self.rstd = self.output((N,)), self.output((N,))
         self.backend.run(
-            "layernorm_forward", out.data, self.mean.data, self.rstd.data, inp.data, weight.data,
-            bias.data if bias is not None else None, N=N, C=C,
+            "layernorm_forward",
+            out.data,
+            self.mean.data,
+            self.rstd.data,
+            inp.data,
+            weight.data,
+            bias.data if bias is not None else None,
+            N=N,
+            C=C,
         )
         self.sizes = {"N": N, "C": C}
         return out
@@ -32,8 +39,14 @@ class LayerNorm(Op):
         inp, weight, bias = self.inputs
         grads = (self.grad_of(0), self.grad_of(1), self.grad_of(2) if bias is not None else None)
         self.backend.run(
-            "layernorm_backward", *(g.data if g is not None else None for g in grads), dout.data,
-            inp.data, weight.data, self.mean.data, self.rstd.data, **self.sizes,
+            "layernorm_backward",
+            *(g.data if g is not None else None for g in grads),
+            dout.data,
+            inp.data,
+            weight.data,
+            self.mean.data,
+            self.rstd.data,
+            **self.sizes,
         )
         return grads
 
