@@ -131,6 +131,7 @@ class GPT:
     def __init__(self, config: GPTConfig, backend, rng: np.random.Generator | None = None):
         self.config = config
         self.backend = backend
+        self._positions: dict[tuple[int, int], Tensor] = {}  # (pos, T) -> position ids on the device
         self.params: dict[str, Tensor] = {}
         for name, array in self.init_weights(config, rng or np.random.default_rng(0)).items():
             self.params[name] = Tensor.from_numpy(array, backend, requires_grad=True)
@@ -207,7 +208,10 @@ class GPT:
             raise ConfigError(
                 f"sequence of {T} tokens at position {pos} exceeds block_size {self.config.block_size}"
             )
-        pos_ids = Tensor.from_numpy(np.arange(pos, pos + T, dtype=np.int32), self.backend)  # (T,)
+        pos_ids = self._positions.get((pos, T))
+        if pos_ids is None:  # uploaded once per (pos, T): a training step then sends only its batch
+            pos_ids = Tensor.from_numpy(np.arange(pos, pos + T, dtype=np.int32), self.backend)
+            self._positions[(pos, T)] = pos_ids  # (T,)
         tok_emb = embedding(ids, self.p("transformer.wte.weight"))  # (B, T, C)
         pos_emb = embedding(pos_ids, self.p("transformer.wpe.weight"))  # (T, C)
         return self._dropout(add(tok_emb, pos_emb), rng)  # (B, T, C), pos_emb broadcast over B
