@@ -9,7 +9,7 @@ reports that process's peak RSS and the encoding throughput in MB/s of corpus te
 It does not measure tokenizer quality; `femto tokenize stats` does that.
 """
 
-# Measured once (2-core shared AMD EPYC VM, 2026-11-25), `python bench/encode_corpus.py`, 500 MB:
+# Measured once (this 2-core shared Xeon VM, 2026-11-25), `python bench/encode_corpus.py`, 500 MB:
 #   char (84 ids)             encode 19.9 s = 25.1 MB/s, peak RSS  66 MB (49 MB after imports)
 #   byte (256 ids)            encode 15.9 s = 31.5 MB/s, peak RSS  58 MB
 #   sentencepiece (1000 ids)  encode 61.8 s =  8.1 MB/s, peak RSS  88 MB
