@@ -3,81 +3,61 @@
 #include <string.h>
 
 #include "femto.h"
+#include "gemm.h"
 #include "vecmath.h"
 
-/* y += a * x over n floats: the per-head building block, vectorised over the head size */
-static inline void axpy(float* restrict y, float a, const float* restrict x, size_t n) {
-    for (size_t i = 0; i < n; i++) y[i] += a * x[i];
-}
+/* Training attention runs per (batch, head) as small products through matmul.c's GEMM micro-kernel:
+ * ATT_QB queries at a time against the keys they can see (0 .. the block's last query), so the
+ * causal mask wastes at most one triangle of ATT_QB x ATT_QB per block. The backward's dP and dS
+ * live in an ATT_QB x ATT_KB scratch on the stack, so no (T, T) buffer beyond att is needed. */
+#define ATT_QB 24
+#define ATT_KB 128
 
-/* Scores and dP take 16 keys at a time from a transposed copy of their head slice on the stack
- * (HS x 16), so the dot products run across keys in vector lanes with no horizontal sums; a head
- * size above ATT_PACK_HS (the stack tile's limit) takes the plain per-key dot product instead. */
-#define ATT_TILE 16
-#define ATT_PACK_HS 128
-
-/* s[j] = q . x[j] for the 16 keys of a tile; xt is the tile transposed, (HS, ATT_TILE). GCC's vector
- * extension keeps the 16 sums in two registers (auto-vectorisation spilled them to the stack). */
-typedef float v8f __attribute__((vector_size(32)));
-
-static inline void tile_dots(float* restrict s, const float* restrict q, const float* restrict xt,
-                             size_t HS) {
-    v8f acc0 = {0.0f}, acc1 = {0.0f};
-    for (size_t i = 0; i < HS; i++) {
-        v8f x0, x1;
-        memcpy(&x0, xt + i * ATT_TILE, sizeof x0);
-        memcpy(&x1, xt + i * ATT_TILE + 8, sizeof x1);
-        acc0 += q[i] * x0;
-        acc1 += q[i] * x1;
+/* Row t of the probabilities, in place: p[j] = softmax_j(scale * p[j]) over keys j <= t, and 0 for
+ * the masked keys j > t. Keys go 16 at a time (vec16) up to the 16-key group holding key t, masked
+ * with -inf (whose exp is 0), so short rows never fall into scalar tail loops; only a row whose
+ * length T is not a multiple of 16 has a scalar tail. The lanes' max and sum combine in a fixed
+ * order, so the row does not depend on the thread count. */
+static inline void softmax_row(float* p, size_t t, size_t T, float scale) {
+    size_t n = (t + 16) / 16 * 16;
+    n = n < T ? n : T;
+    size_t nv = n / 16 * 16; /* keys in whole vectors; n - nv scalar tail keys */
+    const vec16i lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+    const vec16 neginf = vec16_splat(-INFINITY);
+    /* the max of the raw scores: scale > 0 and rounding is monotonic, so scale * max is the max of
+     * the scaled scores, bit for bit. Subtracting it keeps exp() finite for any score. The mask is
+     * applied in registers: storing -inf first would stall the vector loads behind scalar stores. */
+    vec16 vmax = neginf;
+    vec16i nan = {0};
+    for (size_t j = 0; j < nv; j += 16) {
+        vec16 x = vec16_select(lane + (int32_t)(j - t) <= 0, vec16_load(p + j), neginf);
+        vmax = vec16_select(x > vmax, x, vmax);
+        nan |= x != x;
     }
-    memcpy(s, &acc0, sizeof acc0);
-    memcpy(s + 8, &acc1, sizeof acc1);
-}
-
-/* y[i] += sum_j w[j] * x[j * stride + i] for i < HS, summed over j in order. Sixteen columns at a
- * time stay in registers across the j loop, instead of a load-add-store chain through y per row. */
-static inline void weighted_rows(float* restrict y, const float* restrict w, const float* x,
-                                 size_t stride, size_t n, size_t HS) {
-    size_t i0 = 0;
-    for (; i0 + 16 <= HS; i0 += 16) {
-        v8f acc0 = {0.0f}, acc1 = {0.0f};
-        for (size_t j = 0; j < n; j++) {
-            v8f x0, x1;
-            memcpy(&x0, x + j * stride + i0, sizeof x0);
-            memcpy(&x1, x + j * stride + i0 + 8, sizeof x1);
-            acc0 += w[j] * x0;
-            acc1 += w[j] * x1;
-        }
-        v8f y0, y1;
-        memcpy(&y0, y + i0, sizeof y0);
-        memcpy(&y1, y + i0 + 8, sizeof y1);
-        y0 += acc0;
-        y1 += acc1;
-        memcpy(y + i0, &y0, sizeof y0);
-        memcpy(y + i0 + 8, &y1, sizeof y1);
+    float maxval = vec16_max(vmax);
+    int anynan = 0;
+    for (int l = 0; l < 16; l++) anynan |= nan[l];
+    for (size_t j = nv; j <= t; j++) {
+        maxval = p[j] > maxval ? p[j] : maxval;
+        anynan |= p[j] != p[j];
     }
-    for (; i0 < HS; i0++) {
-        float acc = 0.0f;
-        for (size_t j = 0; j < n; j++) acc += w[j] * x[j * stride + i0];
-        y[i0] += acc;
+    maxval = anynan ? NAN : maxval * scale;
+    vec16 vsum = vec16_splat(0.0f);
+    for (size_t j = 0; j < nv; j += 16) {
+        vec16 x = vec16_select(lane + (int32_t)(j - t) <= 0, vec16_load(p + j), neginf);
+        vec16 e = vec16_expf(x * scale - maxval);
+        vec16_store(p + j, e);
+        vsum += e;
     }
-}
-
-/* rows t0 .. t0+n-1 of one head's k or v (stride 3C apart), transposed into xt; missing keys are 0 */
-static inline void pack_tile(float* restrict xt, const float* restrict x, size_t stride, size_t n,
-                             size_t HS) {
-    for (size_t j = 0; j < ATT_TILE; j++)
-        for (size_t i = 0; i < HS; i++) xt[i * ATT_TILE + j] = j < n ? x[j * stride + i] : 0.0f;
-}
-
-/* s[j] = q . x[j] for j < n, whichever way fits the head size */
-static inline void key_dots(float* restrict s, const float* restrict q, const float* xt,
-                            const float* x, size_t stride, size_t n, size_t HS) {
-    if (HS <= ATT_PACK_HS) {
-        tile_dots(s, q, xt, HS);
-    } else {
-        for (size_t j = 0; j < n; j++) s[j] = vec_dot(q, x + j * stride, HS);
+    float sum = vec16_sum(vsum);
+    for (size_t j = nv; j <= t; j++) {
+        p[j] = vec_expf(p[j] * scale - maxval);
+        sum += p[j];
     }
+    float inv = 1.0f / sum;
+    for (size_t j = 0; j < nv; j += 16) vec16_store(p + j, vec16_load(p + j) * inv);
+    for (size_t j = nv; j <= t; j++) p[j] *= inv;
+    for (size_t j = (t + 1 > nv ? t + 1 : nv); j < T; j++) p[j] = 0.0f;
 }
 
 void attention_forward(float* out, float* att, const float* qkv, size_t B, size_t T, size_t C,
@@ -85,38 +65,26 @@ void attention_forward(float* out, float* att, const float* qkv, size_t B, size_
     size_t HS = C / NH;
     float scale = 1.0f / sqrtf((float)HS);
     size_t work = B * NH * T * T * HS;
-    /* one thread owns a (batch, head): it packs each key tile once for every query that uses it */
+    (void)work; /* read only by the OpenMP pragma */
+    /* one thread owns a (batch, head): its products run serially, in the same order at any count */
 #pragma omp parallel for collapse(2) schedule(static) if (work >= FEMTO_PARALLEL_MIN)
     for (size_t b = 0; b < B; b++) {
         for (size_t h = 0; h < NH; h++) {
-            const float* qs = qkv + b * T * 3 * C + h * HS;  // q of position t at qs + t * 3C
-            float* att_bh = att + (b * NH + h) * T * T;     // this head's (T, T) probabilities
-            float kt[ATT_PACK_HS * ATT_TILE];
-            float s[ATT_TILE];
-            /* pass 1: raw scores q_t . k_t2 for t2 <= t, written into the rows of att */
-            for (size_t t0 = 0; t0 < T; t0 += ATT_TILE) {
-                size_t n = T - t0 < ATT_TILE ? T - t0 : ATT_TILE;
-                const float* k0 = qs + t0 * 3 * C + C;
-                if (HS <= ATT_PACK_HS) pack_tile(kt, k0, 3 * C, n, HS);
-                for (size_t t = t0; t < T; t++) {
-                    key_dots(s, qs + t * 3 * C, kt, k0, 3 * C, n, HS);
-                    size_t last = t - t0 + 1 < n ? t - t0 + 1 : n;  // keys t2 <= t only
-                    float* p = att_bh + t * T + t0;
-                    for (size_t j = 0; j < last; j++) p[j] = s[j] * scale;
-                }
-            }
-            /* pass 2: softmax over each row, then the weighted sum of values */
-            for (size_t t = 0; t < T; t++) {
-                float* p = att_bh + t * T;
-                /* subtracting the row max keeps exp() finite for any score */
-                float maxval = vec_max(p, t + 1);
-                for (size_t t2 = 0; t2 <= t; t2++) p[t2] = vec_expf(p[t2] - maxval);
-                float inv = 1.0f / vec_sum(p, t + 1);
-                for (size_t t2 = 0; t2 <= t; t2++) p[t2] *= inv;
-                for (size_t t2 = t + 1; t2 < T; t2++) p[t2] = 0.0f;
-                float* o = out + (b * T + t) * C + h * HS;
-                for (size_t i = 0; i < HS; i++) o[i] = 0.0f;
-                weighted_rows(o, p, qs + 2 * C, 3 * C, t + 1, HS);
+            const float* q = qkv + b * T * 3 * C + h * HS;  // q of position t at q + t * 3C
+            const float* k = q + C;
+            const float* v = q + 2 * C;
+            float* att_bh = att + (b * NH + h) * T * T;  // this head's (T, T) probabilities
+            for (size_t r0 = 0; r0 < T; r0 += ATT_QB) {
+                size_t r1 = T - r0 < ATT_QB ? T : r0 + ATT_QB, rn = r1 - r0;
+                /* raw scores q_t . k_t2 of the block's queries against keys 0 .. r1-1 */
+                const gemm_args scores = {rn, r1, HS, q + r0 * 3 * C, 3 * C, 1, k, 3 * C, 0,
+                                          att_bh + r0 * T, T, NULL, 0};
+                femto_gemm_serial(&scores);
+                for (size_t t = r0; t < r1; t++) softmax_row(att_bh + t * T, t, T, scale);
+                /* out rows = P (rn, r1) @ v (r1, HS); P is zero past each query's own position */
+                const gemm_args values = {rn, HS, r1, att_bh + r0 * T, T, 1, v, 3 * C, 1,
+                                          out + (b * T + r0) * C + h * HS, C, NULL, 0};
+                femto_gemm_serial(&values);
             }
         }
     }
@@ -127,37 +95,54 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
     size_t HS = C / NH;
     float scale = 1.0f / sqrtf((float)HS);
     size_t work = B * NH * T * T * HS;
+    (void)work; /* read only by the OpenMP pragma */
     /* One thread owns a whole (batch, head): dk and dv of a position gather from every later query,
      * so splitting over t would race. The softmax backward's row sum, sum_j p_j * dp_j, equals
-     * dot(dout_t, out_t), which saves a scratch row (the FlashAttention-2 identity). */
+     * dot(dout_t, out_t), which saves a pass over the row (the FlashAttention-2 identity). */
 #pragma omp parallel for collapse(2) schedule(static) if (work >= FEMTO_PARALLEL_MIN)
     for (size_t b = 0; b < B; b++) {
         for (size_t h = 0; h < NH; h++) {
             size_t base = b * T * 3 * C + h * HS;  // q of position t at qkv + base + t * 3C
-            const float* qs = qkv + base;
-            float* dqs = dqkv + base;
-            float vt[ATT_PACK_HS * ATT_TILE];
-            float dp[ATT_TILE];
-            for (size_t t0 = 0; t0 < T; t0 += ATT_TILE) {
-                size_t n = T - t0 < ATT_TILE ? T - t0 : ATT_TILE;
-                const float* v0 = qs + t0 * 3 * C + 2 * C;
-                if (HS <= ATT_PACK_HS) pack_tile(vt, v0, 3 * C, n, HS);
-                for (size_t t = t0; t < T; t++) {
-                    const float* q = qs + t * 3 * C;
-                    const float* g = dout + (b * T + t) * C + h * HS;
-                    const float* p = att + ((b * NH + h) * T + t) * T + t0;
-                    float* dq = dqs + t * 3 * C;
-                    float rowdot = vec_dot(g, out + (b * T + t) * C + h * HS, HS);
-                    key_dots(dp, g, vt, v0, 3 * C, n, HS);  // dp[j] = dout_t . v_(t0+j)
-                    size_t last = t - t0 + 1 < n ? t - t0 + 1 : n;
-                    float ds[ATT_TILE];
-                    for (size_t j = 0; j < last; j++) ds[j] = p[j] * (dp[j] - rowdot) * scale;
-                    weighted_rows(dq, ds, qs + t0 * 3 * C + C, 3 * C, last, HS);
-                    for (size_t j = 0; j < last; j++) {
-                        size_t row = (t0 + j) * 3 * C;
-                        axpy(dqs + row + C, ds[j], q, HS);
-                        axpy(dqs + row + 2 * C, p[j], g, HS);
+            const float* q = qkv + base;
+            const float* k = q + C;
+            const float* v = q + 2 * C;
+            float* dq = dqkv + base;
+            float* dk = dq + C;
+            float* dv = dq + 2 * C;
+            const float* att_bh = att + (b * NH + h) * T * T;
+            float ds[ATT_QB * ATT_KB]; /* dP, then dS in place: (rn, kn), rows ATT_KB apart */
+            float rowdot[ATT_QB];
+            for (size_t r0 = 0; r0 < T; r0 += ATT_QB) {
+                size_t r1 = T - r0 < ATT_QB ? T : r0 + ATT_QB, rn = r1 - r0;
+                const float* g = dout + (b * T + r0) * C + h * HS;  // dout rows r0.., C apart
+                for (size_t i = 0; i < rn; i++)
+                    rowdot[i] = vec_dot(g + i * C, out + (b * T + r0 + i) * C + h * HS, HS);
+                for (size_t k0 = 0; k0 < r1; k0 += ATT_KB) {
+                    size_t kn = r1 - k0 < ATT_KB ? r1 - k0 : ATT_KB;
+                    const float* p = att_bh + r0 * T + k0;  // P rows r0.., keys k0..
+                    /* dP (rn, kn) = dout rows @ v_keys^T */
+                    const gemm_args dp = {rn, kn, HS, g, C, 1, v + k0 * 3 * C, 3 * C, 0,
+                                          ds, ATT_KB, NULL, 0};
+                    femto_gemm_serial(&dp);
+                    /* dS = P * (dP - rowdot) * scale, zero where the mask hid the key */
+                    for (size_t i = 0; i < rn; i++) {
+                        size_t t = r0 + i;
+                        size_t last = t + 1 <= k0 ? 0 : (t + 1 - k0 < kn ? t + 1 - k0 : kn);
+                        float* d = ds + i * ATT_KB;
+                        const float* pr = p + i * T;
+                        for (size_t j = 0; j < last; j++) d[j] = pr[j] * (d[j] - rowdot[i]) * scale;
+                        for (size_t j = last; j < kn; j++) d[j] = 0.0f;
                     }
+                    /* dq rows += dS @ k_keys; dk_keys += dS^T @ q rows; dv_keys += P^T @ dout rows */
+                    const gemm_args dqa = {rn, HS, kn, ds, ATT_KB, 1, k + k0 * 3 * C, 3 * C, 1,
+                                           dq + r0 * 3 * C, 3 * C, NULL, 1};
+                    femto_gemm_serial(&dqa);
+                    const gemm_args dka = {kn, HS, rn, ds, ATT_KB, 0, q + r0 * 3 * C, 3 * C, 1,
+                                           dk + k0 * 3 * C, 3 * C, NULL, 1};
+                    femto_gemm_serial(&dka);
+                    const gemm_args dva = {kn, HS, rn, p, T, 0, g, C, 1, dv + k0 * 3 * C, 3 * C,
+                                           NULL, 1};
+                    femto_gemm_serial(&dva);
                 }
             }
         }
@@ -169,6 +154,7 @@ void attention_cached_forward(float* out, float* kcache, float* vcache, const fl
     size_t HS = C / NH;
     float scale = 1.0f / sqrtf((float)HS);
     size_t work = B * NH * T * (pos + T) * HS;
+    (void)work; /* read only by the OpenMP pragma */
     for (size_t b = 0; b < B; b++) {
         for (size_t h = 0; h < NH; h++) {
             for (size_t t = 0; t < T; t++) {
@@ -179,38 +165,56 @@ void attention_cached_forward(float* out, float* kcache, float* vcache, const fl
             }
         }
     }
-    /* online softmax over tiles of 16 keys (running max and sum, as in FlashAttention): no scratch
-     * row of scores, and each tile's exps and weighted sum of values vectorise */
-#pragma omp parallel for collapse(3) schedule(static) if (work >= FEMTO_PARALLEL_MIN)
+    /* The same blocked products as attention_forward, but keys come ATT_KB at a time with an online
+     * softmax (running max and sum per query, as in FlashAttention), so the scratch stays one
+     * ATT_QB x ATT_KB tile however long the cache is, and no probabilities are kept. */
+#pragma omp parallel for collapse(2) schedule(static) if (work >= FEMTO_PARALLEL_MIN)
     for (size_t b = 0; b < B; b++) {
         for (size_t h = 0; h < NH; h++) {
-            for (size_t t = 0; t < T; t++) {
-                const float* q = qkv + (b * T + t) * 3 * C + h * HS;
-                const float* keys = kcache + (b * NH + h) * TMAX * HS;    // (TMAX, HS)
-                const float* values = vcache + (b * NH + h) * TMAX * HS;  // (TMAX, HS)
-                float* restrict o = out + (b * T + t) * C + h * HS;
-                float kt[ATT_PACK_HS * ATT_TILE];
-                float w[ATT_TILE];
-                for (size_t i = 0; i < HS; i++) o[i] = 0.0f;
-                float maxval = -INFINITY, sum = 0.0f;
-                size_t nkeys = pos + t + 1;
-                for (size_t j0 = 0; j0 < nkeys; j0 += ATT_TILE) {
-                    size_t n = nkeys - j0 < ATT_TILE ? nkeys - j0 : ATT_TILE;
-                    const float* k0 = keys + j0 * HS;
-                    if (HS <= ATT_PACK_HS) pack_tile(kt, k0, HS, n, HS);
-                    key_dots(w, q, kt, k0, HS, n, HS);
-                    for (size_t j = 0; j < n; j++) w[j] *= scale;
-                    float tilemax = vec_max(w, n);
-                    float newmax = tilemax > maxval ? tilemax : maxval;
-                    float correction = vec_expf(maxval - newmax);  // 0 for the first tile
-                    for (size_t j = 0; j < n; j++) w[j] = vec_expf(w[j] - newmax);
-                    sum = sum * correction + vec_sum(w, n);
-                    for (size_t i = 0; i < HS; i++) o[i] *= correction;
-                    weighted_rows(o, w, values + j0 * HS, HS, n, HS);
-                    maxval = newmax;
+            const float* q = qkv + b * T * 3 * C + h * HS;               // query t at q + t * 3C
+            const float* keys = kcache + (b * NH + h) * TMAX * HS;    // (TMAX, HS)
+            const float* values = vcache + (b * NH + h) * TMAX * HS;  // (TMAX, HS)
+            float s[ATT_QB * ATT_KB]; /* scores, then unnormalised probabilities, rows ATT_KB apart */
+            float maxval[ATT_QB], sum[ATT_QB];
+            for (size_t r0 = 0; r0 < T; r0 += ATT_QB) {
+                size_t r1 = T - r0 < ATT_QB ? T : r0 + ATT_QB, rn = r1 - r0;
+                float* o = out + (b * T + r0) * C + h * HS;  // output rows r0.., C apart
+                for (size_t i = 0; i < rn; i++) {
+                    maxval[i] = -INFINITY;
+                    sum[i] = 0.0f;
+                    for (size_t c = 0; c < HS; c++) o[i * C + c] = 0.0f;
                 }
-                float inv = 1.0f / sum;
-                for (size_t i = 0; i < HS; i++) o[i] *= inv;
+                size_t nkeys = pos + r1;
+                for (size_t k0 = 0; k0 < nkeys; k0 += ATT_KB) {
+                    size_t kn = nkeys - k0 < ATT_KB ? nkeys - k0 : ATT_KB;
+                    const gemm_args scores = {rn, kn, HS, q + r0 * 3 * C, 3 * C, 1, keys + k0 * HS,
+                                              HS, 0, s, ATT_KB, NULL, 0};
+                    femto_gemm_serial(&scores);
+                    for (size_t i = 0; i < rn; i++) {
+                        size_t seen = pos + r0 + i + 1;  // query r0+i sees keys 0 .. seen-1
+                        size_t last = seen <= k0 ? 0 : (seen - k0 < kn ? seen - k0 : kn);
+                        float* p = s + i * ATT_KB;
+                        if (last > 0) {
+                            float tilemax = vec_max(p, last) * scale;
+                            float newmax = tilemax != tilemax || tilemax > maxval[i] ? tilemax
+                                                                                     : maxval[i];
+                            float correction = vec_expf(maxval[i] - newmax);  // 0 on the first tile
+                            for (size_t j = 0; j < last; j++) p[j] = vec_expf(p[j] * scale - newmax);
+                            sum[i] = sum[i] * correction + vec_sum(p, last);
+                            for (size_t c = 0; c < HS; c++) o[i * C + c] *= correction;
+                            maxval[i] = newmax;
+                        }
+                        for (size_t j = last; j < kn; j++) p[j] = 0.0f;
+                    }
+                    /* output rows += P (rn, kn) @ values (kn, HS) */
+                    const gemm_args weighted = {rn, HS, kn, s, ATT_KB, 1, values + k0 * HS, HS, 1,
+                                                o, C, NULL, 1};
+                    femto_gemm_serial(&weighted);
+                }
+                for (size_t i = 0; i < rn; i++) {
+                    float inv = 1.0f / sum[i];
+                    for (size_t c = 0; c < HS; c++) o[i * C + c] *= inv;
+                }
             }
         }
     }

@@ -4,6 +4,7 @@
  * else AVX2+FMA, else portable C). Each element of C is owned by one thread and sees the same operation
  * sequence whatever the thread count, so results are bit-identical at 1 and 2 threads. */
 #include "femto.h"
+#include "gemm.h"
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -157,20 +158,6 @@ static const tile_fn tiles[MR][2][NVMAX] = {
 #endif
 };
 
-/* C (M, N) = [bias +] A (M, K) @ B (K, N), or C += A @ B when accumulate. */
-typedef struct {
-    size_t M, N, K;
-    const float* a; /* A(i,k) = a[i*lda + k] when a_rowmajor, else a[k*lda + i] */
-    size_t lda;
-    int a_rowmajor;
-    const float* b; /* B(k,j) = b[k*ldb + j] when b_rowmajor, else b[j*ldb + k] */
-    size_t ldb;
-    int b_rowmajor;
-    float* c;
-    size_t ldc;
-    const float* bias; /* (N), only without accumulate; NULL means zero */
-    int accumulate;
-} gemm_args;
 
 static const float zeros[NR]; /* the initial C of a product without bias */
 
@@ -304,15 +291,24 @@ static void gemm_block(const gemm_args* g, size_t i0, size_t i1, size_t p0, size
     }
 }
 
+/* The K == 0 product: C = bias (or 0), or C unchanged when accumulating. Returns 1 when handled. */
+static int gemm_trivial(const gemm_args* g) {
+    if (g->M == 0 || g->N == 0) return 1;
+    if (g->K != 0) return 0;
+    if (!g->accumulate)
+        for (size_t i = 0; i < g->M; i++)
+            for (size_t j = 0; j < g->N; j++) g->c[i * g->ldc + j] = g->bias ? g->bias[j] : 0.0f;
+    return 1;
+}
+
+void femto_gemm_serial(const gemm_args* g) {
+    if (gemm_trivial(g)) return;
+    gemm_block(g, 0, g->M, 0, (g->N + NR - 1) / NR);
+}
+
 static void gemm(const gemm_args* g) {
     const size_t M = g->M, N = g->N, K = g->K;
-    if (M == 0 || N == 0) return;
-    if (K == 0) {
-        if (!g->accumulate)
-            for (size_t i = 0; i < M; i++)
-                for (size_t j = 0; j < N; j++) g->c[i * g->ldc + j] = g->bias ? g->bias[j] : 0.0f;
-        return;
-    }
+    if (gemm_trivial(g)) return;
     const int serial = (double)M * (double)N * (double)K < SERIAL_MACS;
     (void)serial;
 #pragma omp parallel if (!serial)

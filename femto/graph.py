@@ -53,7 +53,7 @@ class Tensor:
         requires_grad: bool = False,
     ):
         self.data = data
-        self.shape = tuple(int(d) for d in shape)
+        self.shape = tuple(map(int, shape))  # map, not a generator: this runs for every tensor
         self.dtype = dtype
         self.backend = backend
         self.requires_grad = requires_grad
@@ -175,9 +175,9 @@ class Op:
         return inp.ensure_grad() if inp.requires_grad else None
 
     def __call__(self, *inputs: Tensor) -> Tensor:
-        backends = {id(t.backend) for t in inputs if t is not None}
-        if len(backends) > 1:
-            raise ShapeError(f"{type(self).__name__}: inputs live on different backends")
+        for t in inputs:
+            if t is not None and t.backend is not self.backend:
+                raise ShapeError(f"{type(self).__name__}: inputs live on different backends")
         out = self.forward(*inputs)
         if grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
             self.inputs = inputs

@@ -117,6 +117,7 @@ class CPUBackend:
         if kernel is None:
             kernel = self._kernels[name] = getattr(_cpu.lib, name)
         args = []
+        from_buffer = _cpu.ffi.from_buffer
         for buf in bufs:
             if buf is None:
                 args.append(_cpu.ffi.NULL)
@@ -127,7 +128,7 @@ class CPUBackend:
                 raise TypeError(
                     f"{name}: buffer of dtype {buf.dtype} is not a contiguous float32/int32"
                 )
-            args.append(_cpu.ffi.from_buffer(c_array, buf))
+            args.append(from_buffer(c_array, buf))
         kernel(*args, *scalars.values())
 
     def synchronize(self) -> None:
