@@ -40,7 +40,7 @@ def _compiler_accepts(flag: str) -> bool:
         src = pathlib.Path(tmp) / "probe.c"
         src.write_text("int main(void) { return 0; }\n")
         cmd = [*cc.split(), flag, str(src), "-o", str(pathlib.Path(tmp) / "probe")]
-        return subprocess.run(cmd, capture_output=True).returncode == 0
+        return subprocess.run(cmd, check=False, capture_output=True).returncode == 0
 
 
 def compile_flags() -> tuple[list[str], list[str]]:

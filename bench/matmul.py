@@ -161,7 +161,7 @@ def bench_shape(layer: str, N: int, C: int, OC: int, args: argparse.Namespace) -
 
     # Check each product once against numpy before timing it: a fast wrong kernel is no result.
     lib.matmul_forward(p_out, p_inp, p_w, ffi.NULL, N, C, OC)
-    lib.matmul_backward(p_dinp, p_dw, p_db, p_dout, p_inp, p_w, N, C, OC)
+    lib.matmul_backward(p_dinp, p_dw, p_db, p_dout, p_inp, p_w, N, C, OC, 1)
     errors = {
         "forward": max_rel_err(out, inp @ weight.T),
         "dinp": max_rel_err(dinp, dout @ weight),
@@ -178,7 +178,8 @@ def bench_shape(layer: str, N: int, C: int, OC: int, args: argparse.Namespace) -
         dout.sum(axis=0)
 
     def femto_backward(d_inp: Any, d_weight: Any, d_bias: Any) -> Callable[[], None]:
-        return lambda: lib.matmul_backward(d_inp, d_weight, d_bias, p_dout, p_inp, p_w, N, C, OC)
+        # dinp is overwritten, as a training step does for a fresh activation gradient (and numpy)
+        return lambda: lib.matmul_backward(d_inp, d_weight, d_bias, p_dout, p_inp, p_w, N, C, OC, 0)
 
     macs, null = N * C * OC, ffi.NULL
     products = [

@@ -10,11 +10,14 @@
 void femto_set_num_threads(int n);
 int femto_get_num_threads(void);
 
-/* matmul.c: out = inp @ weight^T + bias (nn.Linear layout); bias, dinp, dweight, dbias may be NULL */
+/* matmul.c: out = inp @ weight^T + bias (nn.Linear layout); bias, dinp, dweight, dbias may be NULL.
+ * Backward kernels accumulate (+=) into their gradients, except where an `accumulate` flag is 0: then
+ * that gradient is overwritten (=), every element of it, so the graph can hand a fresh gradient
+ * buffer uninitialised instead of zeroing it first (femto/graph.py, Op.fresh_grad_of). */
 void matmul_forward(float* out, const float* inp, const float* weight, const float* bias,
                     size_t N, size_t C, size_t OC);
 void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
-                     const float* weight, size_t N, size_t C, size_t OC);
+                     const float* weight, size_t N, size_t C, size_t OC, int accumulate_dinp);
 
 /* embedding.c */
 void embedding_forward(float* out, const int32_t* ids, const float* weight, size_t N, size_t C);
@@ -32,9 +35,9 @@ void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* 
                         const float* inp, const float* weight, const float* mean, const float* rstd,
                         size_t N, size_t C);
 
-/* gelu.c */
+/* gelu.c: backward overwrites dinp when accumulate is 0 (see matmul.c above) */
 void gelu_forward(float* out, const float* inp, size_t N);
-void gelu_backward(float* dinp, const float* dout, const float* inp, size_t N);
+void gelu_backward(float* dinp, const float* dout, const float* inp, size_t N, int accumulate);
 
 /* attention.c: causal multi-head self-attention over a fused qkv */
 void attention_forward(float* out, float* att, const float* qkv, size_t B, size_t T, size_t C,

@@ -40,13 +40,17 @@ void gelu_forward(float* out, const float* inp, size_t N) {
     for (size_t i = 16 * nblocks; i < N; i++) out[i] = gelu1(inp[i]);
 }
 
-void gelu_backward(float* dinp, const float* dout, const float* inp, size_t N) {
+void gelu_backward(float* dinp, const float* dout, const float* inp, size_t N, int accumulate) {
     size_t nblocks = N / 16;
+    /* without accumulate, dinp may hold anything (a fresh buffer): it is written, never read */
 #pragma omp parallel for schedule(static) if (N >= FEMTO_PARALLEL_MIN)
     for (size_t i = 0; i < nblocks; i++) {
-        vec16 d = vec16_load(dinp + 16 * i);
-        d += gelu_grad16(vec16_load(inp + 16 * i)) * vec16_load(dout + 16 * i);
-        vec16_store(dinp + 16 * i, d);
+        vec16 g = gelu_grad16(vec16_load(inp + 16 * i)) * vec16_load(dout + 16 * i);
+        if (accumulate) g = vec16_load(dinp + 16 * i) + g;
+        vec16_store(dinp + 16 * i, g);
     }
-    for (size_t i = 16 * nblocks; i < N; i++) dinp[i] += gelu_grad1(inp[i]) * dout[i];
+    for (size_t i = 16 * nblocks; i < N; i++) {
+        float g = gelu_grad1(inp[i]) * dout[i];
+        dinp[i] = accumulate ? dinp[i] + g : g;
+    }
 }

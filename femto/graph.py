@@ -2,7 +2,9 @@
 
 A Tensor is a flat backend buffer plus a shape. An op applied while gradients are enabled records itself
 on its output; `loss.backward()` walks those records in reverse topological order. Gradient kernels
-accumulate (+=) into each input's `.grad`, which the graph allocates zeroed the first time it is needed.
+accumulate (+=) into each input's `.grad`, which the graph allocates zeroed the first time it is needed,
+unless the first kernel to write it overwrites every element (Op.fresh_grad_of) or the gradient is the
+upstream one passed through unchanged (Op.pass_grad_to): then no zero-fill is needed.
 """
 
 from __future__ import annotations
@@ -174,6 +176,45 @@ class Op:
         inp = self.inputs[index]
         return inp.ensure_grad() if inp.requires_grad else None
 
+    def fresh_grad_of(self, index: int) -> tuple[Tensor | None, int]:
+        """(gradient buffer of input `index`, accumulate flag) for a kernel that can either add into
+        a gradient (flag 1) or overwrite all of it (flag 0). The first contribution to a gradient
+        overwrites an uninitialised buffer, which saves zero-filling it; later ones accumulate."""
+        inp = self.inputs[index]
+        if not inp.requires_grad:
+            return None, 1
+        if inp.grad is None:
+            inp.grad = Tensor.empty(inp.shape, self.backend, inp.dtype)
+            return inp.grad, 0
+        return inp.grad, 1
+
+    def pass_grad_to(self, index: int, dout: Tensor) -> bool:
+        """Make `dout` itself the gradient of input `index` when that is exactly what the kernel would
+        add into a fresh zeroed buffer (an identity path, such as the residual add's). Only for
+        intermediate inputs that have no gradient yet: backward() drops `dout` right after this op, so
+        the buffer has one owner again, and leaves (parameters) keep buffers of their own.
+        Returns True when handed over; the caller then skips that gradient's kernel work."""
+        inp = self.inputs[index]
+        if not inp.requires_grad or inp.grad is not None or inp.op is None:
+            return False
+        if dout.shape != inp.shape or dout.dtype != inp.dtype:
+            return False
+        inp.grad = dout
+        return True
+
+    def copy_grad_to(self, index: int, dout: Tensor) -> bool:
+        """Give input `index` a private copy of `dout` as its gradient when it has none yet: for an
+        identity path whose dout is already handed to another input. A copy reads dout once, where
+        zero-fill + accumulate would write the buffer twice and read it once more. True when done."""
+        inp = self.inputs[index]
+        if not inp.requires_grad or inp.grad is not None:
+            return False
+        if dout.shape != inp.shape or dout.dtype != inp.dtype:
+            return False
+        inp.grad = Tensor.empty(inp.shape, self.backend, inp.dtype)
+        self.backend.copy_(inp.grad.data, dout.data)
+        return True
+
     def __call__(self, *inputs: Tensor) -> Tensor:
         for t in inputs:
             if t is not None and t.backend is not self.backend:
@@ -223,10 +264,15 @@ def backward(loss: Tensor, grad: Tensor | None = None) -> None:
                 f"backward() seeds a scalar loss, got shape {loss.shape}: pass grad= explicitly"
             )
         grad = Tensor.from_numpy(np.ones(loss.shape, np.float32), loss.backend)
-    elif grad.shape != loss.shape:
-        raise ShapeError(
-            f"backward(): grad of shape {grad.shape} for a tensor of shape {loss.shape}"
-        )
+    else:
+        if grad.shape != loss.shape:
+            raise ShapeError(
+                f"backward(): grad of shape {grad.shape} for a tensor of shape {loss.shape}"
+            )
+        # a private copy: ops may hand the seed on as an input's gradient and accumulate into it
+        seed = Tensor.empty(grad.shape, loss.backend, grad.dtype)
+        loss.backend.copy_(seed.data, grad.data)
+        grad = seed
     if loss.op is None:
         raise ShapeError("backward(): this tensor was not produced by a recorded op (no_grad?)")
     loss.grad = grad

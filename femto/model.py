@@ -37,13 +37,14 @@ TIED_HEAD = "lm_head.weight"
 
 @dataclass(frozen=True)
 class GPTConfig:
-    """Model shape, with nanoGPT's field names. Defaults are femto's Shakespeare model."""
+    """Model shape, with nanoGPT's field names. Defaults are femto's Shakespeare model (2.7M
+    parameters: about eight minutes of training on 2 cores to a validation loss near 1.60)."""
 
     vocab_size: int = 65
-    block_size: int = 64
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
+    block_size: int = 128
+    n_layer: int = 6
+    n_head: int = 6
+    n_embd: int = 192
     dropout: float = 0.0
     bias: bool = True
 
@@ -131,7 +132,10 @@ class GPT:
     def __init__(self, config: GPTConfig, backend, rng: np.random.Generator | None = None):
         self.config = config
         self.backend = backend
-        self._positions: dict[tuple[int, int], Tensor] = {}  # (pos, T) -> position ids on the device
+        # device-resident index tensors, made once: (pos, T) -> position ids (T,), and
+        # (B, T) -> flat row ids (B, 1) of each sequence's last position
+        self._positions: dict[tuple[int, int], Tensor] = {}
+        self._last_rows: dict[tuple[int, int], Tensor] = {}
         self.params: dict[str, Tensor] = {}
         for name, array in self.init_weights(config, rng or np.random.default_rng(0)).items():
             self.params[name] = Tensor.from_numpy(array, backend, requires_grad=True)
@@ -221,10 +225,33 @@ class GPT:
             return x
         return dropout(x, self.config.dropout, int(rng.integers(0, 2**31 - 1)))
 
+    def _last_row(self, x: Tensor) -> Tensor:
+        """x (B, T, C) -> its last position (B, 1, C), forward only: an embedding lookup of rows
+        b*T + T-1 in x viewed as a (B*T, C) table (the view shares x's buffer, so nothing is copied
+        but the rows kept)."""
+        B, T, C = x.shape
+        if T == 1:
+            return x
+        ids = self._last_rows.get((B, T))
+        if ids is None:
+            rows = np.arange(1, B + 1, dtype=np.int32).reshape(B, 1) * T - 1  # (B, 1)
+            ids = self._last_rows[(B, T)] = Tensor.from_numpy(rows, self.backend)
+        return embedding(ids, Tensor(x.data, (B * T, C), self.backend))  # (B, 1, C)
+
     def _block(
-        self, i: int, x: Tensor, rng: np.random.Generator | None, cache: KVCache | None = None
+        self,
+        i: int,
+        x: Tensor,
+        rng: np.random.Generator | None,
+        cache: KVCache | None = None,
+        last_only: bool = False,
     ) -> Tensor:
-        """One pre-LN transformer block on x (B, T, C); with a cache, attention continues it."""
+        """One pre-LN transformer block on x (B, T, C); with a cache, attention continues it.
+
+        last_only (cached, forward only) returns just the last position (B, 1, C): every position's
+        keys and values still go into the cache, but nothing after attention mixes positions, so the
+        rest of the block runs on one row per sequence.
+        """
         h = f"transformer.h.{i}."
         p = self.p
         y = layernorm(x, p(h + "ln_1.weight"), p(h + "ln_1.bias"))
@@ -234,6 +261,8 @@ class GPT:
         else:
             kcache, vcache = cache.layers[i]
             y = attention_cached(qkv, kcache, vcache, self.config.n_head, cache.length)
+            if last_only:
+                x, y = self._last_row(x), self._last_row(y)  # (B, 1, C)
         y = matmul(y, p(h + "attn.c_proj.weight"), p(h + "attn.c_proj.bias"))  # (B, T, C)
         x = add(x, self._dropout(y, rng))
         y = layernorm(x, p(h + "ln_2.weight"), p(h + "ln_2.bias"))
@@ -275,11 +304,15 @@ class GPT:
     def new_cache(self, batch_size: int) -> KVCache:
         return KVCache(self.config, self.backend, batch_size)
 
-    def forward_cached(self, idx: np.ndarray | Tensor, cache: KVCache) -> Tensor:
+    def forward_cached(
+        self, idx: np.ndarray | Tensor, cache: KVCache, last_only: bool = False
+    ) -> Tensor:
         """idx (B, T) continuing the sequence held in `cache` -> logits (B, T, V); forward only.
 
         The new tokens sit at positions cache.length .. cache.length + T - 1; their keys and values
         are written into the cache, so the next call costs T positions, not the whole context.
+        last_only returns only the last position's logits (B, 1, V), which is all generation needs:
+        the last block after its attention, ln_f and the lm_head then run on one row per sequence.
         """
         if grad_enabled():
             raise RuntimeError(
@@ -292,6 +325,6 @@ class GPT:
             )
         x = self._embed(ids, cache.length, None)
         for i in range(self.config.n_layer):
-            x = self._block(i, x, None, cache)
+            x = self._block(i, x, None, cache, last_only and i == self.config.n_layer - 1)
         cache.length += ids.shape[1]
         return self._head(x)

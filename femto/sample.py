@@ -157,7 +157,7 @@ def _window_logits(model: GPT, ids: Sequence[int], cache) -> np.ndarray:
         logits, _ = model(x)
     else:
         cache.length = 0
-        logits = model.forward_cached(x, cache)
+        logits = model.forward_cached(x, cache, last_only=True)  # (1, 1, V)
     return logits.numpy()[0, -1]  # (V,): the last position predicts the next token
 
 

@@ -11,7 +11,7 @@ __kernel void gelu_forward(__global float* out, __global const float* inp, int N
 }
 
 __kernel void gelu_backward(__global float* dinp, __global const float* dout,
-                            __global const float* inp, int N) {
+                            __global const float* inp, int N, int accumulate) {
     const int i = get_global_id(0);
     if (i >= N) return;
     const float x = inp[i];
@@ -20,5 +20,7 @@ __kernel void gelu_backward(__global float* dinp, __global const float* dout,
     const float sech2 = 1.0f - tanh_out * tanh_out;
     const float local_grad = 0.5f * (1.0f + tanh_out) +
                              0.5f * x * sech2 * GELU_SCALE * (1.0f + 3.0f * 0.044715f * x * x);
-    dinp[i] += local_grad * dout[i];
+    // accumulate 0: dinp is a fresh buffer to overwrite, never read (femto.h)
+    const float g = local_grad * dout[i];
+    dinp[i] = accumulate ? dinp[i] + g : g;
 }

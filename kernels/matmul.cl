@@ -63,10 +63,11 @@ __kernel void matmul_forward(__global float* out, __global const float* inp,
 }
 
 __kernel void matmul_backward_dinp(__global float* dinp, __global const float* dout,
-                                   __global const float* weight, int N, int C, int OC) {
+                                   __global const float* weight, int N, int C, int OC,
+                                   int accumulate) {
     __local float at[TK * TILE], bt[TK * TILE];
-    // (N, C) += dout (N, OC) @ weight (OC, C)
-    gemm_tile(dinp, dout, weight, 0, N, C, OC, OC, 1, C, 1, 1, at, bt);
+    // (N, C) (+)= dout (N, OC) @ weight (OC, C); accumulate 0 overwrites a fresh dinp
+    gemm_tile(dinp, dout, weight, 0, N, C, OC, OC, 1, C, 1, accumulate, at, bt);
 }
 
 __kernel void matmul_backward_dweight(__global float* dweight, __global const float* dout,

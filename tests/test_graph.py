@@ -179,3 +179,40 @@ def test_ops_refuse_inputs_from_two_backends(cpu_backend, rng):
     b = leaf(CPUBackend(), rng.standard_normal(3))
     with pytest.raises(ShapeError, match="different backends"):
         add(a, b)
+
+
+def _dgelu(h: np.ndarray) -> np.ndarray:
+    t = np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h**3))
+    return 0.5 * (1 + t) + 0.5 * h * (1 - t * t) * np.sqrt(2 / np.pi) * (1 + 3 * 0.044715 * h**2)
+
+
+def test_handed_over_and_overwritten_gradients_sum_every_path(cpu_backend, rng):
+    """Fresh gradients skip their zero-fill: add hands dout over to `a` (and copies it for `b`),
+    matmul and gelu overwrite a fresh dinp. Later paths into the same tensor must still add up:
+    h feeds two matmuls and a gelu, u feeds both sides of one add."""
+    xs, ws = rng.standard_normal((4, 3)), rng.standard_normal((5, 3))
+    w2s, w3s = rng.standard_normal((5, 5)), rng.standard_normal((5, 5))
+    x, w, w2, w3 = (leaf(cpu_backend, a) for a in (xs, ws, w2s, w3s))
+    h = matmul(x, w)  # (4, 5)
+    u = add(add(matmul(h, w2), matmul(h, w3)), gelu(h))  # (4, 5)
+    out = add(u, u)
+    g = rng.standard_normal((4, 5)).astype(np.float32)
+    seed = Tensor.from_numpy(g, cpu_backend)
+    out.backward(seed)
+    np.testing.assert_array_equal(seed.numpy(), g)  # the caller's seed is never written into
+    hs = xs @ ws.T
+    du = 2 * g.astype(np.float64)
+    dh = du @ w2s + du @ w3s + du * _dgelu(hs)
+    assert_close(x.grad.numpy(), dh @ ws, 1e-4, "dx")
+    assert_close(w.grad.numpy(), dh.T @ xs, 1e-4, "dw")
+    assert_close(w2.grad.numpy(), du.T @ hs, 1e-4, "dw2")
+
+
+def test_handed_over_gradient_is_not_shared_with_a_leaf(cpu_backend, rng):
+    """A leaf never receives dout's buffer itself: its .grad outlives the graph."""
+    a, b = leaf(cpu_backend, rng.standard_normal(6)), leaf(cpu_backend, rng.standard_normal(6))
+    y = add(a, b)
+    y.backward(ones_like(y))
+    assert a.grad is not b.grad and a.grad.data is not b.grad.data
+    a.grad.data[:] = 5.0  # writing one leaf's gradient leaves the other's alone
+    np.testing.assert_array_equal(b.grad.numpy(), np.ones(6))

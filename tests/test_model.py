@@ -184,6 +184,25 @@ def test_cached_forward_matches_full_forward(backend):
         model.forward_cached(idx[:, :1], cache)
 
 
+def test_cached_forward_last_only_gives_the_last_logits(backend):
+    # what generation asks for once the window is full: every key and value, the last logits only
+    rng = np.random.default_rng(5)
+    model = GPT(TINY, backend, rng)
+    randomised(model, rng)
+    idx = rng.integers(0, 13, (2, 7))
+    with no_grad():
+        full, _ = model(idx)
+        cache = model.new_cache(2)
+        last = model.forward_cached(idx, cache, last_only=True)
+        following = model.forward_cached(idx[:, :1], cache)  # the cache still holds all 7 positions
+        cache_full = model.new_cache(2)
+        model.forward_cached(idx, cache_full)
+        following_full = model.forward_cached(idx[:, :1], cache_full)
+    assert last.shape == (2, 1, TINY.vocab_size)
+    np.testing.assert_allclose(last.numpy()[:, 0], full.numpy()[:, -1], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(following.numpy(), following_full.numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_cached_forward_refuses_autograd(cpu_backend):
     model = GPT(TINY, cpu_backend)
     with pytest.raises(RuntimeError, match="no_grad"):

@@ -209,12 +209,14 @@ def _cases(rng: np.random.Generator) -> list[tuple[str, list, dict, float]]:
             )
         )
         grads = [r(N, C), r(OC, C), r(OC), r(N, OC), r(N, C), r(OC, C)]
-        cases.append(("matmul_backward", grads, {"N": N, "C": C, "OC": OC}, 1e-3))
+        for accumulate in (1, 0):  # 0: dinp overwritten (a fresh gradient), 1: added into
+            sizes = {"N": N, "C": C, "OC": OC, "accumulate_dinp": accumulate}
+            cases.append(("matmul_backward", grads, sizes, 1e-3))
         cases.append(
             (
                 "matmul_backward",
                 [None, grads[1], None, *grads[3:]],
-                {"N": N, "C": C, "OC": OC},
+                {"N": N, "C": C, "OC": OC, "accumulate_dinp": 1},
                 1e-3,
             )
         )
@@ -242,7 +244,9 @@ def _cases(rng: np.random.Generator) -> list[tuple[str, list, dict, float]]:
         cases.append(("layernorm_backward", [None, *bufs[1:]], {"N": N, "C": C}, 1e-3))
     for N in (1, 1000):
         cases.append(("gelu_forward", [r(N), r(N) * 3], {"N": N}, 1e-5))
-        cases.append(("gelu_backward", [r(N), r(N), r(N) * 3], {"N": N}, 1e-4))
+        for accumulate in (1, 0):
+            bufs = [r(N), r(N), r(N) * 3]
+            cases.append(("gelu_backward", bufs, {"N": N, "accumulate": accumulate}, 1e-4))
         cases.append(("dropout_forward", [r(N), r(N)], {"N": N, "p": 0.3, "seed": 12345}, 0.0))
         cases.append(
             ("dropout_backward", [r(N), r(N)], {"N": N, "p": 0.3, "seed": 4000000000}, 1e-6)

@@ -373,8 +373,9 @@ def _matmul_backward(be, bufs, s) -> list[Launch]:
     N, C, OC = s["N"], s["C"], s["OC"]
     sizes = [i32(N), i32(C), i32(OC)]
     plan = []
-    if dinp is not None:  # (N, C) += dout (N, OC) @ weight (OC, C)
-        plan.append(("matmul_backward_dinp", *_tiles(N, C), [dinp, dout, weight, *sizes]))
+    if dinp is not None:  # (N, C) (+)= dout (N, OC) @ weight (OC, C)
+        args = [dinp, dout, weight, *sizes, i32(s["accumulate_dinp"])]
+        plan.append(("matmul_backward_dinp", *_tiles(N, C), args))
     if dweight is not None:  # (OC, C) += dout^T (OC, N) @ inp (N, C)
         plan.append(("matmul_backward_dweight", *_tiles(OC, C), [dweight, dout, inp, *sizes]))
     if dbias is not None:
@@ -451,7 +452,8 @@ def _gelu_forward(be, bufs, s) -> list[Launch]:
 
 def _gelu_backward(be, bufs, s) -> list[Launch]:
     dinp, dout, inp = bufs
-    return [("gelu_backward", *_elementwise(s["N"]), [dinp, dout, inp, i32(s["N"])])]
+    args = [dinp, dout, inp, i32(s["N"]), i32(s["accumulate"])]
+    return [("gelu_backward", *_elementwise(s["N"]), args)]
 
 
 def _attention_forward(be, bufs, s) -> list[Launch]:

@@ -20,16 +20,23 @@ class Add(Op):
         return out
 
     def backward(self, dout: Tensor) -> tuple:
-        da, db = self.grad_of(0), self.grad_of(1)
-        self.backend.run(
-            "add_backward",
-            da.data if da is not None else None,
-            db.data if db is not None else None,
-            dout.data,
-            N=dout.size,
-            M=self.inputs[1].size,
-        )
-        return (da, db)
+        a, b = self.inputs
+        # da is dout itself: hand dout over as a's gradient when a has none yet (the residual
+        # stream's usual case) instead of zero-filling a buffer and adding dout into it
+        passed = a is not b and self.pass_grad_to(0, dout)
+        da = None if passed else self.grad_of(0)
+        copied = passed and self.copy_grad_to(1, dout)  # M == N and b (the branch) has no gradient
+        db = None if copied else self.grad_of(1)
+        if da is not None or db is not None:
+            self.backend.run(
+                "add_backward",
+                da.data if da is not None else None,
+                db.data if db is not None else None,
+                dout.data,
+                N=dout.size,
+                M=b.size,
+            )
+        return (a.grad if passed else da, b.grad if copied else db)
 
 
 def add(a: Tensor, b: Tensor) -> Tensor:

@@ -15,8 +15,15 @@ class GELU(Op):
         return out
 
     def backward(self, dout: Tensor) -> tuple:
-        dinp = self.grad_of(0)
-        self.backend.run("gelu_backward", dinp.data, dout.data, self.inputs[0].data, N=dout.size)
+        dinp, accumulate = self.fresh_grad_of(0)
+        self.backend.run(
+            "gelu_backward",
+            dinp.data,
+            dout.data,
+            self.inputs[0].data,
+            N=dout.size,
+            accumulate=accumulate,
+        )
         return (dinp,)
 
 

@@ -47,7 +47,9 @@ class Matmul(Op):
 
     def backward(self, dout: Tensor) -> tuple:
         inp, weight, bias = self.inputs
-        dinp, dweight = self.grad_of(0), self.grad_of(1)
+        # dinp first: a fresh one is overwritten, then dweight sees it as existing if weight is inp
+        dinp, accumulate_dinp = self.fresh_grad_of(0)
+        dweight = self.grad_of(1)
         dbias = self.grad_of(2) if bias is not None else None
         self.backend.run(
             "matmul_backward",
@@ -56,6 +58,7 @@ class Matmul(Op):
             inp.data,
             weight.data,
             **self.sizes,
+            accumulate_dinp=accumulate_dinp,
         )
         return (dinp, dweight, dbias)
 

@@ -53,3 +53,17 @@ def test_directional_derivative(backend, rng, shape):
 def test_int_input_is_rejected(backend):
     with pytest.raises(ShapeError, match=r"int32 of shape \(3,\)"):
         gelu(Tensor.from_numpy(np.arange(3, dtype=np.int32), backend))
+
+
+@pytest.mark.parametrize("N", [1, 17, 1000])
+def test_backward_kernel_overwrites_or_accumulates(backend, rng, N):
+    # accumulate=0 must never read dinp (the graph hands it uninitialised): NaNs there stay out
+    x = (rng.standard_normal(N) * 3).astype(np.float32)
+    dout = rng.standard_normal(N).astype(np.float32)
+    expected = ref.gelu_backward(dout.astype(float), x.astype(float))
+    for accumulate, start in ((0, np.full(N, np.nan, np.float32)), (1, np.ones(N, np.float32))):
+        dinp = backend.from_numpy(start)
+        xb, doutb = backend.from_numpy(x), backend.from_numpy(dout)
+        backend.run("gelu_backward", dinp, doutb, xb, N=N, accumulate=accumulate)
+        got = backend.to_numpy(dinp).astype(np.float64)
+        assert_close(got, expected + accumulate, 1e-3, f"dinp (accumulate={accumulate})")

@@ -100,3 +100,22 @@ def test_int_input_is_rejected(backend):
     ids = Tensor.from_numpy(np.zeros((3, 4), np.int32), backend)
     with pytest.raises(ShapeError, match="int32"):
         matmul(ids, Tensor.zeros((5, 4), backend))
+
+
+@pytest.mark.parametrize("N, C, OC", [(1, 1, 1), (7, 3, 17), (70, 45, 33)])
+def test_backward_kernel_overwrites_or_accumulates_dinp(backend, rng, N, C, OC):
+    # accumulate_dinp=0 must never read dinp (the graph hands it uninitialised); dweight and dbias
+    # always accumulate
+    x, w = rng.standard_normal((N, C)), rng.standard_normal((OC, C))
+    dout = rng.standard_normal((N, OC))
+    dx, dw, db = ref.matmul_backward(dout, x, w, np.zeros(OC))
+    for acc, start in ((0, np.nan), (1, 1.0)):
+        grads = [backend.from_numpy(np.full(s, start, np.float32).reshape(-1))
+                 for s in ((N, C),)] + [backend.from_numpy(np.ones(n, np.float32))
+                                        for n in (OC * C, OC)]  # fmt: skip
+        inputs = [backend.from_numpy(a.astype(np.float32).reshape(-1)) for a in (dout, x, w)]
+        backend.run("matmul_backward", *grads, *inputs, N=N, C=C, OC=OC, accumulate_dinp=acc)
+        got = [backend.to_numpy(g).astype(np.float64) for g in grads]
+        assert_close(got[0], dx.reshape(-1) + acc, 1e-3, f"dinp (accumulate_dinp={acc})")
+        assert_close(got[1], dw.reshape(-1) + 1, 1e-3, "dweight")
+        assert_close(got[2], db + 1, 1e-3, "dbias")
