@@ -1,6 +1,6 @@
 // adamw.cl: the optimizer's kernels; their contract is documented in femto/optim.py.
 
-#define LOCAL_MAX 256
+#include "reduce.h"
 
 __kernel void adamw_update(__global float* param, __global float* m, __global float* v,
                            __global const float* grad, __global const float* grad_sumsq, int N,
@@ -34,19 +34,6 @@ __kernel void adamw_update(__global float* param, __global float* m, __global fl
     const float mhat = mi / correction1;
     const float vhat = vi / correction2;
     param[i] = param[i] * (1.0f - lr * weight_decay) - lr * mhat / (sqrt(vhat) + eps);
-}
-
-static float block_sum(float x, __local float* buf) {
-    const int lid = get_local_id(0);
-    buf[lid] = x;
-    barrier(CLK_LOCAL_MEM_FENCE);
-    for (int s = get_local_size(0) / 2; s > 0; s >>= 1) {
-        if (lid < s) buf[lid] += buf[lid + s];
-        barrier(CLK_LOCAL_MEM_FENCE);
-    }
-    const float total = buf[0];
-    barrier(CLK_LOCAL_MEM_FENCE);
-    return total;
 }
 
 // pass 1: work-group k of a fixed number G sums the squares of chunk k of inp into partial[k];

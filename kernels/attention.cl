@@ -3,33 +3,7 @@
 // a power of two <= 256, set by the launcher); they have no early return because of the barriers.
 // Index notes: qkv row (b, t) holds q | k | v, each NH heads of HS; att is (B, NH, T, T).
 
-#define LOCAL_MAX 256
-
-static float block_sum(float x, __local float* buf) {
-    const int lid = get_local_id(0);
-    buf[lid] = x;
-    barrier(CLK_LOCAL_MEM_FENCE);
-    for (int s = get_local_size(0) / 2; s > 0; s >>= 1) {
-        if (lid < s) buf[lid] += buf[lid + s];
-        barrier(CLK_LOCAL_MEM_FENCE);
-    }
-    const float total = buf[0];
-    barrier(CLK_LOCAL_MEM_FENCE);
-    return total;
-}
-
-static float block_max(float x, __local float* buf) {
-    const int lid = get_local_id(0);
-    buf[lid] = x;
-    barrier(CLK_LOCAL_MEM_FENCE);
-    for (int s = get_local_size(0) / 2; s > 0; s >>= 1) {
-        if (lid < s) buf[lid] = fmax(buf[lid], buf[lid + s]);
-        barrier(CLK_LOCAL_MEM_FENCE);
-    }
-    const float best = buf[0];
-    barrier(CLK_LOCAL_MEM_FENCE);
-    return best;
-}
+#include "reduce.h"
 
 static float dot(__global const float* a, __global const float* b, int n) {
     float acc = 0.0f;

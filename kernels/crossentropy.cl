@@ -1,33 +1,7 @@
 // crossentropy.cl: fused log-softmax + cross-entropy, mean over rows; shapes in
 // femto/ops/crossentropy.py. Reductions are work-group trees (local size a power of two <= 256).
 
-#define LOCAL_MAX 256
-
-static float block_sum(float x, __local float* buf) {
-    const int lid = get_local_id(0);
-    buf[lid] = x;
-    barrier(CLK_LOCAL_MEM_FENCE);
-    for (int s = get_local_size(0) / 2; s > 0; s >>= 1) {
-        if (lid < s) buf[lid] += buf[lid + s];
-        barrier(CLK_LOCAL_MEM_FENCE);
-    }
-    const float total = buf[0];
-    barrier(CLK_LOCAL_MEM_FENCE);
-    return total;
-}
-
-static float block_max(float x, __local float* buf) {
-    const int lid = get_local_id(0);
-    buf[lid] = x;
-    barrier(CLK_LOCAL_MEM_FENCE);
-    for (int s = get_local_size(0) / 2; s > 0; s >>= 1) {
-        if (lid < s) buf[lid] = fmax(buf[lid], buf[lid + s]);
-        barrier(CLK_LOCAL_MEM_FENCE);
-    }
-    const float best = buf[0];
-    barrier(CLK_LOCAL_MEM_FENCE);
-    return best;
-}
+#include "reduce.h"
 
 // one work-group per row n: logsumexp[n] = log(sum_v exp(logits[n, v]))
 __kernel void crossentropy_forward(__global float* logsumexp, __global const float* logits, int N,

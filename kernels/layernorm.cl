@@ -2,21 +2,7 @@
 // Row kernels run one work-group per row (local size a power of two <= 256, set by the launcher);
 // there is no early return because every work-item must reach the barriers.
 
-#define LOCAL_MAX 256
-
-// tree sum over the work-group; every work-item gets the total
-static float block_sum(float x, __local float* buf) {
-    const int lid = get_local_id(0);
-    buf[lid] = x;
-    barrier(CLK_LOCAL_MEM_FENCE);
-    for (int s = get_local_size(0) / 2; s > 0; s >>= 1) {
-        if (lid < s) buf[lid] += buf[lid + s];
-        barrier(CLK_LOCAL_MEM_FENCE);
-    }
-    const float total = buf[0];
-    barrier(CLK_LOCAL_MEM_FENCE);  // buf is reused by the next reduction
-    return total;
-}
+#include "reduce.h"
 
 __kernel void layernorm_forward(__global float* out, __global float* mean, __global float* rstd,
                                 __global const float* inp, __global const float* weight,

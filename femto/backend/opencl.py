@@ -274,7 +274,8 @@ class OpenCLBackend:
 
     def _program(self, stem: str) -> Any:
         path = self.kernels_dir / f"{stem}.cl"
-        options = " ".join(("-cl-std=CL1.2", *self.build_options))
+        # -I lets kernel files include the shared reduce.h; pyopencl's binary cache follows includes
+        options = " ".join(("-cl-std=CL1.2", f'-I "{self.kernels_dir}"', *self.build_options))
         key = (str(path), options)
         program = self._programs.get(key)
         if program is None:

@@ -5,6 +5,17 @@ from femto.errors import ShapeError
 from femto.graph import Op, Tensor, check_float, grad_enabled
 
 
+def qkv_sizes(op: str, qkv: Tensor, n_head: int) -> tuple[int, int, int]:
+    """(B, T, C) of a fused qkv (B, T, 3C); ShapeError unless C splits into n_head heads."""
+    check_float(op, "qkv", qkv)  # rank is checked here, with the expected layout
+    if qkv.ndim != 3 or qkv.shape[2] % 3 or (qkv.shape[2] // 3) % n_head:
+        raise ShapeError(
+            f"{op}: qkv must be (B, T, 3C) with C divisible by n_head={n_head}, got {qkv.shape}"
+        )
+    B, T, C3 = qkv.shape
+    return B, T, C3 // 3
+
+
 class Attention(Op):
     """qkv (B, T, 3C) -> out (B, T, C), with NH heads of size HS = C / NH.
 
@@ -19,14 +30,7 @@ class Attention(Op):
         self.n_head = n_head
 
     def forward(self, qkv: Tensor) -> Tensor:
-        check_float("attention", "qkv", qkv)  # rank is checked below, with the expected layout
-        if qkv.ndim != 3 or qkv.shape[2] % 3 or (qkv.shape[2] // 3) % self.n_head:
-            raise ShapeError(
-                f"attention: qkv must be (B, T, 3C) with C divisible by n_head={self.n_head}, "
-                f"got {qkv.shape}"
-            )
-        B, T, C3 = qkv.shape
-        C = C3 // 3
+        B, T, C = qkv_sizes("attention", qkv, self.n_head)
         out = self.output((B, T, C))
         self.att = self.output((B, self.n_head, T, T))
         self.backend.run(
@@ -69,14 +73,7 @@ class AttentionCached(Op):
         self.n_head, self.pos = n_head, pos
 
     def forward(self, qkv: Tensor, kcache: Tensor, vcache: Tensor) -> Tensor:
-        check_float("attention_cached", "qkv", qkv, 3)
-        if qkv.ndim != 3 or qkv.shape[2] % 3 or (qkv.shape[2] // 3) % self.n_head:
-            raise ShapeError(
-                f"attention_cached: qkv must be (B, T, 3C) with C divisible by n_head={self.n_head}, "
-                f"got {qkv.shape}"
-            )
-        B, T, C3 = qkv.shape
-        C = C3 // 3
+        B, T, C = qkv_sizes("attention_cached", qkv, self.n_head)
         NH = self.n_head
         for name, cache in (("kcache", kcache), ("vcache", vcache)):
             check_float("attention_cached", name, cache, 4)
