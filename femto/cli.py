@@ -77,6 +77,12 @@ def _gpt_option(flag: str, field: str, text: str, **kwargs):
     return click.option(flag, help=f"{text} {_gpt_default(field)}", **kwargs)
 
 
+def _gpt_encoding_progress(what: str):
+    """A progress bar for encoding a corpus into the token cache (a cache hit reports nothing), on a
+    terminal only: a log or a pipe would get a stray label line in front of the real output."""
+    return _TokProgress(f"encoding {what}") if sys.stderr.isatty() else None
+
+
 _GPT_MODEL_FIELDS = ("block_size", "n_layer", "n_head", "n_embd", "dropout", "bias")
 
 
@@ -129,9 +135,15 @@ def train(out: str, **options) -> None:
     model_options = {k: options.pop(k) for k in _GPT_MODEL_FIELDS}
     run_dir = pathlib.Path(out)
     cache_root = _gpt_cache_root()
-    run = training.prepare_run(
-        run_dir, model_options, options, cache_root / "tokens", cache_root / "datasets"
-    )
+    progress = _gpt_encoding_progress(options.get("data") or "the corpus")
+    try:
+        run = training.prepare_run(
+            run_dir, model_options, options, cache_root / "tokens", cache_root / "datasets",
+            progress,
+        )  # fmt: skip
+    finally:
+        if progress is not None:
+            progress.close()
     cfg, state = run.config, run.state
     if state.step >= cfg.steps:
         click.echo(
@@ -269,7 +281,12 @@ def evaluate_command(out: str, data: str | None, split: str, batch_size: int, de
     corpus = resolve_corpus(
         data or loaded.state.train.get("data", "shakespeare"), cache_root / "datasets"
     )
-    tokens = encode_corpus(corpus, loaded.tokenizer, cache_root / "tokens")
+    progress = _gpt_encoding_progress(corpus.name)
+    try:
+        tokens = encode_corpus(corpus, loaded.tokenizer, cache_root / "tokens", progress)
+    finally:
+        if progress is not None:
+            progress.close()
     if split != "all":
         tokens = train_val_split(tokens, VAL_FRACTION)[0 if split == "train" else 1]
     what = f"corpus {corpus.name!r}" + ("" if split == "all" else f" ({split} split)")

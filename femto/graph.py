@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from femto.backend.base import Backend, dtype_name
-from femto.errors import ShapeError
+from femto.errors import ShapeError, TokenIdError
 
 _state = threading.local()
 
@@ -70,6 +70,14 @@ class Tensor:
         if array.dtype == np.float64:
             array = array.astype(np.float32)
         elif array.dtype.kind in "iu":
+            if array.dtype != np.int32 and array.size:
+                # astype would wrap an id of 2**32 + 1 to 1, which then passes every range check
+                lo, hi = int(array.min()), int(array.max())
+                if lo < -(2**31) or hi > 2**31 - 1:
+                    raise TokenIdError(
+                        f"id {lo if lo < -(2**31) else hi} in an array of shape {array.shape} "
+                        "does not fit int32, femto's id type: ids must be below 2**31"
+                    )
             array = array.astype(np.int32)
         t = cls(backend.from_numpy(array), array.shape, backend, dtype_name(array), requires_grad)
         if t.dtype == "int32" and array.size:

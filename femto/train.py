@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 VAL_FRACTION = 0.1
 # options that define what a run is: changing them on resume would silently train something else
-RUN_IDENTITY = ("data", "tokenizer", "vocab", "seed")
+RUN_IDENTITY = ("data", "tokenizer", "vocab", "sp_model_type", "seed")
 
 
 @dataclass(frozen=True)
@@ -167,9 +167,10 @@ def prepare_run(
 ) -> Run:
     """Build or resume the run in `run_dir`. Options are the ones the user gave (None = not given).
 
-    Resuming: model options and the run's identity (data, tokenizer, vocab, seed) must match the saved
-    run; other training options may change. Nothing is written into run_dir here (the token cache
-    under cache_dir may be filled). data_home holds downloaded corpora (None: femto.data's default).
+    Resuming: model options and the run's identity (RUN_IDENTITY: data, tokenizer, vocab,
+    sp_model_type, seed) must match the saved run; other training options may change. Nothing is
+    written into run_dir here (the token cache under cache_dir may be filled). data_home holds
+    downloaded corpora (None: femto.data's default).
     """
     run_dir = pathlib.Path(run_dir)
     model_options = {k: v for k, v in model_options.items() if v is not None}

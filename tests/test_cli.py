@@ -97,6 +97,41 @@ def test_train_output_has_progress_and_samples(workdir, env, tmp_path):
     assert "done: step 3, best val loss" in out
 
 
+class RecordingProgress:
+    """Stands in for the terminal progress bar: remembers every (done, total) and the close."""
+
+    def __init__(self) -> None:
+        self.reports: list[tuple[int, int]] = []
+        self.closed = False
+
+    def __call__(self, done: int, total: int) -> None:
+        self.reports.append((done, total))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_train_and_eval_report_encoding_progress(workdir, tmp_path, monkeypatch):
+    bars: list[RecordingProgress] = []
+
+    def make_bar(what: str) -> RecordingProgress:
+        bars.append(RecordingProgress())
+        return bars[-1]
+
+    monkeypatch.setattr("femto.cli._gpt_encoding_progress", make_bar)
+    env = {"FEMTO_CACHE_DIR": str(tmp_path / "cache")}  # empty: the corpus is encoded afresh
+    corpus = workdir / "corpus.txt"
+    result = invoke(["train", "--data", corpus, "--out", tmp_path / "r", *TINY], env)
+    assert result.exit_code == 0, result.output
+    other = tmp_path / "other.txt"
+    other.write_text(corpus.read_text(encoding="utf-8")[:5_000], encoding="utf-8")
+    result = invoke(["eval", "--out", tmp_path / "r", "--data", other], env)
+    assert result.exit_code == 0, result.output
+    sizes = [corpus.stat().st_size, other.stat().st_size]
+    assert [bar.reports[-1] for bar in bars] == [(size, size) for size in sizes]
+    assert all(bar.closed for bar in bars)
+
+
 def test_resume_continues_and_finished_run_is_left_alone(run_copy, env):
     result = invoke(["train", "--out", run_copy, "--steps", "5"], env)
     assert result.exit_code == 0, result.output

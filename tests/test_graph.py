@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from gradcheck import assert_close
 
-from femto.errors import ShapeError
+from femto.errors import ShapeError, TokenIdError
 from femto.graph import Op, Tensor, backward, grad_enabled, no_grad, topological_order
 from femto.ops import add, cross_entropy, embedding, gelu, matmul
 
@@ -216,3 +216,11 @@ def test_handed_over_gradient_is_not_shared_with_a_leaf(cpu_backend, rng):
     assert a.grad is not b.grad and a.grad.data is not b.grad.data
     a.grad.data[:] = 5.0  # writing one leaf's gradient leaves the other's alone
     np.testing.assert_array_equal(b.grad.numpy(), np.ones(6))
+
+
+@pytest.mark.parametrize("bad", [2**31, 2**32 + 1, -(2**31) - 1])
+def test_ids_that_do_not_fit_int32_are_refused_not_wrapped(backend, bad):
+    with pytest.raises(TokenIdError, match=f"id {bad} in an array of shape \\(2,\\)"):
+        Tensor.from_numpy(np.array([bad, 3], np.int64), backend)
+    largest = Tensor.from_numpy(np.array([2**31 - 1, 3], np.int64), backend)
+    assert largest.value_range == (3, 2**31 - 1)

@@ -14,6 +14,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import skip_unavailable
 
 from femto.backend import get_backend
 from femto.errors import BackendUnavailable, KernelBuildError
@@ -26,7 +27,7 @@ def cl_backend():
     try:
         return get_backend("opencl")
     except BackendUnavailable as exc:
-        pytest.skip(f"opencl backend unavailable: {exc}")
+        skip_unavailable("opencl", exc)
 
 
 @pytest.fixture(scope="module")

@@ -137,6 +137,18 @@ def test_conflicting_options_on_resume_leave_the_run_alone(tmp_path, corpus):
     assert run.resumed and run.config.steps == 3 and run.config.lr == 1e-3
 
 
+def test_sentencepiece_model_type_is_part_of_a_runs_identity(tmp_path, corpus):
+    # the run's tokenizer file is unigram: accepting --sp-model-type bpe on resume would record a
+    # model type in config.json that its tokenizer does not have
+    cache = tmp_path / "cache"
+    options = tiny_options(corpus, steps=1, tokenizer="sentencepiece", vocab=330)
+    run_to_end(tmp_path / "run", cache, options)
+    before = snapshot(tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"--sp-model-type 'bpe' \(the run has None\)"):
+        prepare_run(tmp_path / "run", {}, {"sp_model_type": "bpe"}, cache)
+    assert snapshot(tmp_path / "run") == before
+
+
 def test_corpus_too_short_for_a_window(tmp_path):
     path = tmp_path / "short.txt"
     path.write_text("to be or not to be\n" * 2)

@@ -45,7 +45,7 @@ def _import_pyopencl() -> Any:
         import pyopencl
     except ImportError as exc:
         raise BackendUnavailable(
-            f"the opencl device needs pyopencl ({exc}): pip install pyopencl"
+            f"the opencl device needs pyopencl ({exc}): pip install pyopencl, then {INSTALL_HINT}"
         ) from exc
     return pyopencl
 

@@ -8,7 +8,9 @@ from femto.graph import Op, Tensor, check_float, grad_enabled
 def qkv_sizes(op: str, qkv: Tensor, n_head: int) -> tuple[int, int, int]:
     """(B, T, C) of a fused qkv (B, T, 3C); ShapeError unless C splits into n_head heads."""
     check_float(op, "qkv", qkv)  # rank is checked here, with the expected layout
-    if qkv.ndim != 3 or qkv.shape[2] % 3 or (qkv.shape[2] // 3) % n_head:
+    if n_head < 1:
+        raise ShapeError(f"{op}: n_head must be >= 1, got n_head={n_head} for qkv {qkv.shape}")
+    if qkv.ndim != 3 or not qkv.shape[2] or qkv.shape[2] % 3 or (qkv.shape[2] // 3) % n_head:
         raise ShapeError(
             f"{op}: qkv must be (B, T, 3C) with C divisible by n_head={n_head}, got {qkv.shape}"
         )

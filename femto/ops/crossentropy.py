@@ -21,6 +21,10 @@ class CrossEntropy(Op):
             )
         V = logits.shape[-1]
         N = targets.size
+        if N == 0 or V == 0:  # a mean over no rows, or a softmax over no classes, is undefined
+            raise ShapeError(
+                f"crossentropy: logits {logits.shape} need at least one row and one class (N, V >= 1)"
+            )
         lo, hi = targets.id_range() or (0, 0)
         if lo < 0 or hi >= V:
             bad = lo if lo < 0 else hi

@@ -12,6 +12,10 @@ class LayerNorm(Op):
     def forward(self, inp: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         check_float("layernorm", "inp", inp)
         C = inp.shape[-1]
+        if C == 0:  # the mean of no channels is undefined
+            raise ShapeError(
+                f"layernorm: inp {inp.shape} has no channels to normalise: C must be >= 1"
+            )
         for name, t in (("weight", weight), ("bias", bias)):
             if t is not None and (t.dtype != "float32" or t.shape != (C,)):
                 raise ShapeError(f"layernorm: inp {inp.shape} needs {name} ({C},), got {t.shape}")

@@ -16,6 +16,9 @@ class Matmul(Op):
         check_float("matmul", "inp", inp)
         check_float("matmul", "weight", weight)  # rank: checked below, in a message naming inp
         C = inp.shape[-1]
+        # N = size // C below: an empty contraction is a mistake, not a reason to divide by zero
+        if C == 0:
+            raise ShapeError(f"matmul: inp {inp.shape} has no input channels: C must be >= 1")
         if weight.ndim != 2 or weight.shape[1] != C:
             raise ShapeError(
                 f"matmul: inp {inp.shape} needs weight (OC, {C}), got weight {weight.shape}"

@@ -118,3 +118,14 @@ def test_bad_shapes_name_the_shape(backend, shape):
     with pytest.raises(ShapeError) as info:
         attention(Tensor.zeros(shape, backend), n_head=2)
     assert str(shape) in str(info.value) and "n_head=2" in str(info.value)
+
+
+@pytest.mark.parametrize("n_head", [0, -1])
+def test_n_head_below_one_is_a_shape_error(backend, n_head):
+    with pytest.raises(ShapeError, match=f"n_head must be >= 1, got n_head={n_head}"):
+        attention(Tensor.zeros((1, 2, 6), backend), n_head=n_head)
+
+
+def test_no_channels_is_a_shape_error(backend):
+    with pytest.raises(ShapeError, match=r"\(1, 2, 0\)"):
+        attention(Tensor.zeros((1, 2, 0), backend), n_head=1)

@@ -2,6 +2,8 @@
 reference (large logits included), target ids out of range, bad shapes. Tolerances: forward 1e-4,
 backward 1e-3 relative."""
 
+import re
+
 import numpy as np
 import pytest
 import reference as ref
@@ -68,3 +70,10 @@ def test_bad_targets_raise_with_both_shapes(backend, t_shape, t_dtype):
     with pytest.raises(ShapeError) as info:
         cross_entropy(Tensor.zeros((3, 5), backend), targets)
     assert "(3, 5)" in str(info.value) and str(t_shape) in str(info.value)
+
+
+@pytest.mark.parametrize("shape", [(0, 5), (2, 0)])
+def test_no_rows_or_no_classes_is_a_shape_error(backend, shape):
+    targets = Tensor.from_numpy(np.zeros(shape[:1], np.int32), backend)
+    with pytest.raises(ShapeError, match=f"logits {re.escape(str(shape))} need at least one row"):
+        cross_entropy(Tensor.zeros(shape, backend), targets)

@@ -74,3 +74,11 @@ def test_bad_inputs_raise_shape_error(backend):
     assert "(5,)" in str(info.value) and "(2, 3)" in str(info.value) and "(V, C)" in str(info.value)
     with pytest.raises(ShapeError, match="float32"):
         embedding(Tensor.zeros((2, 3), backend), Tensor.zeros((5, 3), backend))
+
+
+def test_frozen_table_gets_no_gradient(backend):
+    # the ids ask for a gradient, the table does not: backward has nothing to compute, and says so
+    ids = Tensor.from_numpy(np.array([[1, 3]], np.int32), backend, requires_grad=True)
+    table = Tensor.from_numpy(np.ones((5, 2), np.float32), backend)
+    embedding(ids, table).backward(Tensor.from_numpy(np.ones((1, 2, 2), np.float32), backend))
+    assert table.grad is None and ids.grad is None

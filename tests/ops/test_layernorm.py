@@ -76,3 +76,8 @@ def test_bad_shapes_raise_with_both_shapes(backend, w_shape, b_shape):
         layernorm(x, Tensor.zeros(w_shape, backend), b)
     bad = w_shape if w_shape != (4,) else b_shape
     assert "(3, 4)" in str(info.value) and str(bad) in str(info.value)
+
+
+def test_no_channels_is_a_shape_error(backend):
+    with pytest.raises(ShapeError, match=r"layernorm: inp \(3, 0\) .*C must be >= 1"):
+        layernorm(Tensor.zeros((3, 0), backend), Tensor.zeros((0,), backend))

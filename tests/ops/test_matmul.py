@@ -102,6 +102,11 @@ def test_int_input_is_rejected(backend):
         matmul(ids, Tensor.zeros((5, 4), backend))
 
 
+def test_no_input_channels_is_a_shape_error(backend):
+    with pytest.raises(ShapeError, match=r"matmul: inp \(3, 0\) .*C must be >= 1"):
+        matmul(Tensor.zeros((3, 0), backend), Tensor.zeros((5, 0), backend))
+
+
 @pytest.mark.parametrize("N, C, OC", [(1, 1, 1), (7, 3, 17), (70, 45, 33)])
 def test_backward_kernel_overwrites_or_accumulates_dinp(backend, rng, N, C, OC):
     # accumulate_dinp=0 must never read dinp (the graph hands it uninitialised); dweight and dbias
