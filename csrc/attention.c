@@ -91,14 +91,17 @@ void attention_forward(float* out, float* att, const float* qkv, size_t B, size_
 }
 
 void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* att,
-                        const float* out, size_t B, size_t T, size_t C, size_t NH) {
+                        const float* out, size_t B, size_t T, size_t C, size_t NH, int accumulate) {
     size_t HS = C / NH;
     float scale = 1.0f / sqrtf((float)HS);
     size_t work = B * NH * T * T * HS;
     (void)work; /* read only by the OpenMP pragma */
     /* One thread owns a whole (batch, head): dk and dv of a position gather from every later query,
      * so splitting over t would race. The softmax backward's row sum, sum_j p_j * dp_j, equals
-     * dot(dout_t, out_t), which saves a pass over the row (the FlashAttention-2 identity). */
+     * dot(dout_t, out_t), which saves a pass over the row (the FlashAttention-2 identity).
+     * Without accumulate, each row of dq, dk and dv is overwritten by its first product instead of
+     * added into zeros (same bits, no zero-fill): dq rows by their first key chunk, and key rows
+     * [r0, r1) by query block r0, the first that sees them. */
 #pragma omp parallel for collapse(2) schedule(static) if (work >= FEMTO_PARALLEL_MIN)
     for (size_t b = 0; b < B; b++) {
         for (size_t h = 0; h < NH; h++) {
@@ -135,14 +138,23 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
                     }
                     /* dq rows += dS @ k_keys; dk_keys += dS^T @ q rows; dv_keys += P^T @ dout rows */
                     const gemm_args dqa = {rn, HS, kn, ds, ATT_KB, 1, k + k0 * 3 * C, 3 * C, 1,
-                                           dq + r0 * 3 * C, 3 * C, NULL, 1};
+                                           dq + r0 * 3 * C, 3 * C, NULL, accumulate || k0 > 0};
                     femto_gemm_serial(&dqa);
-                    const gemm_args dka = {kn, HS, rn, ds, ATT_KB, 0, q + r0 * 3 * C, 3 * C, 1,
-                                           dk + k0 * 3 * C, 3 * C, NULL, 1};
-                    femto_gemm_serial(&dka);
-                    const gemm_args dva = {kn, HS, rn, p, T, 0, g, C, 1, dv + k0 * 3 * C, 3 * C,
-                                           NULL, 1};
-                    femto_gemm_serial(&dva);
+                    /* key rows [k0, split) were seen by an earlier query block; [split, k0 + kn)
+                     * are seen first here */
+                    size_t split = r0 > k0 ? (r0 < k0 + kn ? r0 : k0 + kn) : k0;
+                    for (int fresh = 0; fresh < 2; fresh++) {
+                        size_t j0 = fresh ? split : k0, j1 = fresh ? k0 + kn : split;
+                        if (j0 == j1) continue;
+                        int acc = accumulate || !fresh;
+                        const gemm_args dka = {j1 - j0, HS, rn, ds + (j0 - k0), ATT_KB, 0,
+                                               q + r0 * 3 * C, 3 * C, 1, dk + j0 * 3 * C, 3 * C,
+                                               NULL, acc};
+                        femto_gemm_serial(&dka);
+                        const gemm_args dva = {j1 - j0, HS, rn, p + (j0 - k0), T, 0, g, C, 1,
+                                               dv + j0 * 3 * C, 3 * C, NULL, acc};
+                        femto_gemm_serial(&dva);
+                    }
                 }
             }
         }

@@ -39,11 +39,12 @@ void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* 
 void gelu_forward(float* out, const float* inp, size_t N);
 void gelu_backward(float* dinp, const float* dout, const float* inp, size_t N, int accumulate);
 
-/* attention.c: causal multi-head self-attention over a fused qkv */
+/* attention.c: causal multi-head self-attention over a fused qkv; backward overwrites dqkv when
+ * accumulate is 0 (see matmul.c above) */
 void attention_forward(float* out, float* att, const float* qkv, size_t B, size_t T, size_t C,
                        size_t NH);
 void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* att,
-                        const float* out, size_t B, size_t T, size_t C, size_t NH);
+                        const float* out, size_t B, size_t T, size_t C, size_t NH, int accumulate);
 /* generation with a key/value cache: forward only, it never runs under autograd */
 void attention_cached_forward(float* out, float* kcache, float* vcache, const float* qkv, size_t B,
                               size_t T, size_t C, size_t NH, size_t pos, size_t TMAX);

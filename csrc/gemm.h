@@ -18,6 +18,10 @@ typedef struct {
     size_t ldc;
     const float* bias; /* (N), only without accumulate; NULL means zero */
     int accumulate;
+    /* (M) or NULL; column-major A only: a_rowsum[i] += sum over k of A(i,k), taken while A's tiles
+     * are packed (the bias gradient of dweight = dout^T @ inp rides on that product's reads of dout).
+     * Each KC block's partial sum is added in block order, so the bits do not depend on threads. */
+    float* a_rowsum;
 } gemm_args;
 
 /* The whole product on the calling thread (no parallel region): callers that already split work

@@ -253,7 +253,7 @@ static void choose_grid(const gemm_args* g, int nthreads, int* tm_out, int* tn_o
 
 /* One thread's block of C: rows [i0, i1), column panels [p0, p1). It packs its own B panels, KC rows
  * and NC columns at a time, so threads never wait on each other inside the product. */
-static void gemm_block(const gemm_args* g, size_t i0, size_t i1, size_t p0, size_t p1) {
+static void gemm_block(const gemm_args* g, size_t i0, size_t i1, size_t p0, size_t p1, int rowsum) {
     _Alignas(64) float pb[KC * NC]; /* packed B: up to NC/NR panels of KC x NR */
     _Alignas(64) float pa[KC * MR]; /* one packed tile of column-major A */
     /* K-blocks outermost: this thread's rows of the A block (at most 1 MiB in these models) stay in L2
@@ -271,8 +271,20 @@ static void gemm_block(const gemm_args* g, size_t i0, size_t i1, size_t p0, size
                 if (!g->a_rowmajor) {
                     /* Column-major A (dout^T) has a row stride of OC floats, a page apart for the lm_head:
                      * copy the tile's kc x mr block into rows of MR so the tile streams it instead. */
-                    for (size_t k = 0; k < kc; k++)
-                        v_storen(pa + k * MR, v_loadn(a_k + k * g->lda + i, (int)mr), (int)mr);
+                    if (rowsum && q0 == p0) {
+                        /* the first column chunk of the one thread per row block that sums */
+                        vf sum = v_zero();
+                        for (size_t k = 0; k < kc; k++) {
+                            vf x = v_loadn(a_k + k * g->lda + i, (int)mr);
+                            v_storen(pa + k * MR, x, (int)mr);
+                            sum = v_add(sum, x);
+                        }
+                        float* rs = g->a_rowsum + i;
+                        v_storen(rs, v_add(v_loadn(rs, (int)mr), sum), (int)mr);
+                    } else {
+                        for (size_t k = 0; k < kc; k++)
+                            v_storen(pa + k * MR, v_loadn(a_k + k * g->lda + i, (int)mr), (int)mr);
+                    }
                 }
                 for (size_t p = q0; p < q1; p++) {
                     const size_t j = p * NR, w = min_sz(NR, g->N - j), nv = (w + VW - 1) / VW;
@@ -303,7 +315,7 @@ static int gemm_trivial(const gemm_args* g) {
 
 void femto_gemm_serial(const gemm_args* g) {
     if (gemm_trivial(g)) return;
-    gemm_block(g, 0, g->M, 0, (g->N + NR - 1) / NR);
+    gemm_block(g, 0, g->M, 0, (g->N + NR - 1) / NR, g->a_rowsum != NULL && !g->a_rowmajor);
 }
 
 static void gemm(const gemm_args* g) {
@@ -324,7 +336,9 @@ static void gemm(const gemm_args* g) {
         const size_t mt = (M + MR - 1) / MR, np = (N + NR - 1) / NR;
         const size_t i0 = min_sz(M, mt * ti / tm * MR), i1 = min_sz(M, mt * (ti + 1) / tm * MR);
         const size_t p0 = np * tj / tn, p1 = np * (tj + 1) / tn;
-        if (i0 < i1 && p0 < p1) gemm_block(g, i0, i1, p0, p1);
+        /* row sums of A: owned by the one thread per row block whose columns start at panel 0 */
+        const int rowsum = g->a_rowsum != NULL && !g->a_rowmajor && p0 == 0;
+        if (i0 < i1 && p0 < p1) gemm_block(g, i0, i1, p0, p1, rowsum);
     }
 }
 
@@ -354,13 +368,17 @@ void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dou
     if (dinp) {
         /* dinp (N, C) (+)= dout (N, OC) @ weight (OC, C); overwriting gives the same bits as adding
          * into zeros (0 + x == x), so a fresh gradient skips its zero-fill at no cost in accuracy */
-        const gemm_args g = {N, C, OC, dout, OC, 1, weight, C, 1, dinp, C, 0, accumulate_dinp != 0};
+        const gemm_args g = {N, C, OC, dout, OC, 1, weight, C, 1, dinp, C, 0, accumulate_dinp != 0,
+                             NULL};
         gemm(&g);
     }
-    if (dweight) {
+    if (dweight && C > 0) {
         /* dweight (OC, C) += dout^T (OC, N) @ inp (N, C); dout^T is dout read column-major */
-        const gemm_args g = {OC, C, N, dout, OC, 0, inp, C, 1, dweight, C, 0, 1};
+        /* dbias (the column sums of dout) comes from the same product: its packing of dout^T sums
+         * the rows it copies, so dout is read once for both */
+        const gemm_args g = {OC, C, N, dout, OC, 0, inp, C, 1, dweight, C, 0, 1, dbias};
         gemm(&g);
+    } else if (dbias) {
+        column_sums(dbias, dout, N, OC);
     }
-    if (dbias) column_sums(dbias, dout, N, OC);
 }

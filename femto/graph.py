@@ -4,7 +4,9 @@ A Tensor is a flat backend buffer plus a shape. An op applied while gradients ar
 on its output; `loss.backward()` walks those records in reverse topological order. Gradient kernels
 accumulate (+=) into each input's `.grad`, which the graph allocates zeroed the first time it is needed,
 unless the first kernel to write it overwrites every element (Op.fresh_grad_of) or the gradient is the
-upstream one passed through unchanged (Op.pass_grad_to): then no zero-fill is needed.
+upstream one passed through unchanged (Op.pass_grad_to): then no zero-fill is needed. A passed gradient
+may be shared by several nodes (both inputs of a residual add); it is copied only if one of them must
+add into it while another still needs it (Op.grad_of, Op.fresh_grad_of).
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ class Tensor:
     """A float32 or int32 array living in a backend buffer."""
 
     __slots__ = (
-        "backend", "data", "dtype", "grad", "op", "pooled", "requires_grad", "shape", "value_range"
+        "backend", "data", "dtype", "grad", "grad_holders", "op", "pooled", "requires_grad", "shape",
+        "value_range",
     )  # fmt: skip
 
     def __init__(
@@ -63,6 +66,8 @@ class Tensor:
         self.op: Op | None = None
         self.pooled = False  # True when the backend allocated `data` for this tensor alone
         self.value_range: tuple[int, int] | None = None  # (min, max) of int32 data, when known
+        # as a gradient: how many graph nodes have this tensor as their .grad (Op.pass_grad_to shares)
+        self.grad_holders = 1
 
     @classmethod
     def from_numpy(cls, array: np.ndarray, backend: Backend, requires_grad: bool = False) -> Tensor:
@@ -182,7 +187,20 @@ class Op:
     def grad_of(self, index: int) -> Tensor | None:
         """The gradient buffer of input `index` to accumulate into, or None if it needs none."""
         inp = self.inputs[index]
-        return inp.ensure_grad() if inp.requires_grad else None
+        if not inp.requires_grad:
+            return None
+        return self._unshared_grad(inp) if inp.grad is not None else inp.ensure_grad()
+
+    def _unshared_grad(self, inp: Tensor) -> Tensor:
+        """inp.grad, made private first if other nodes still hold the same tensor (a gradient passed
+        to several inputs): a kernel is about to add into it, and the others must not see that."""
+        grad = inp.grad
+        if grad.grad_holders > 1:
+            own = Tensor.empty(grad.shape, self.backend, grad.dtype)
+            self.backend.copy_(own.data, grad.data)
+            grad.grad_holders -= 1
+            inp.grad = grad = own
+        return grad
 
     def fresh_grad_of(self, index: int) -> tuple[Tensor | None, int]:
         """(gradient buffer of input `index`, accumulate flag) for a kernel that can either add into
@@ -194,13 +212,14 @@ class Op:
         if inp.grad is None:
             inp.grad = Tensor.empty(inp.shape, self.backend, inp.dtype)
             return inp.grad, 0
-        return inp.grad, 1
+        return self._unshared_grad(inp), 1
 
     def pass_grad_to(self, index: int, dout: Tensor) -> bool:
         """Make `dout` itself the gradient of input `index` when that is exactly what the kernel would
         add into a fresh zeroed buffer (an identity path, such as the residual add's). Only for
-        intermediate inputs that have no gradient yet: backward() drops `dout` right after this op, so
-        the buffer has one owner again, and leaves (parameters) keep buffers of their own.
+        intermediate inputs that have no gradient yet; leaves (parameters) keep buffers of their own.
+        `dout` may go to several inputs: each holder is counted, backward() releases the output's hold
+        right after this op, and a holder that must add into it gets a private copy first.
         Returns True when handed over; the caller then skips that gradient's kernel work."""
         inp = self.inputs[index]
         if not inp.requires_grad or inp.grad is not None or inp.op is None:
@@ -208,6 +227,7 @@ class Op:
         if dout.shape != inp.shape or dout.dtype != inp.dtype:
             return False
         inp.grad = dout
+        dout.grad_holders += 1
         return True
 
     def copy_grad_to(self, index: int, dout: Tensor) -> bool:
@@ -303,4 +323,6 @@ def backward(loss: Tensor, grad: Tensor | None = None) -> None:
                     )
         # the graph is single-use: drop saved activations and intermediate gradients as we go
         node.op = None
+        if node.grad is not None:
+            node.grad.grad_holders -= 1
         node.grad = None

@@ -78,7 +78,8 @@ __kernel void attention_backward_dscores(__global float* dscores, __global const
 
 // Backward pass 2, a gather per element (b, t, h, i) of dq: sum over keys t2 <= t of dscores * k.
 __kernel void attention_backward_dq(__global float* dqkv, __global const float* dscores,
-                                    __global const float* qkv, int B, int T, int C, int NH) {
+                                    __global const float* qkv, int B, int T, int C, int NH,
+                                    int accumulate) {
     const int idx = get_global_id(0);  // element (b, t, c) of a (B, T, C) tensor, c = h * HS + i
     if (idx >= B * T * C) return;
     const int c = idx % C, t = (idx / C) % T, b = idx / (T * C);
@@ -86,14 +87,16 @@ __kernel void attention_backward_dq(__global float* dqkv, __global const float* 
     __global const float* ds = dscores + ((b * NH + h) * T + t) * T;
     float acc = 0.0f;
     for (int t2 = 0; t2 <= t; t2++) acc += ds[t2] * qkv[(b * T + t2) * 3 * C + C + c];
-    dqkv[(b * T + t) * 3 * C + c] += acc;
+    __global float* dq = dqkv + (b * T + t) * 3 * C + c;
+    *dq = accumulate ? *dq + acc : acc;  // without accumulate dqkv is a fresh, unset buffer
 }
 
 // Backward pass 3, a gather per element (b, t2, h, i) of dk and dv over the queries t >= t2 that
 // attended to key t2: dk += dscores[t, t2] * q_t, dv += att[t, t2] * dout_t.
 __kernel void attention_backward_dkv(__global float* dqkv, __global const float* dscores,
                                      __global const float* dout, __global const float* qkv,
-                                     __global const float* att, int B, int T, int C, int NH) {
+                                     __global const float* att, int B, int T, int C, int NH,
+                                     int accumulate) {
     const int idx = get_global_id(0);  // element (b, t2, c) of a (B, T, C) tensor
     if (idx >= B * T * C) return;
     const int c = idx % C, t2 = (idx / C) % T, b = idx / (T * C);
@@ -104,8 +107,9 @@ __kernel void attention_backward_dkv(__global float* dqkv, __global const float*
         dk += dscores[head + t * T + t2] * qkv[(b * T + t) * 3 * C + c];
         dv += att[head + t * T + t2] * dout[(b * T + t) * C + c];
     }
-    dqkv[(b * T + t2) * 3 * C + C + c] += dk;
-    dqkv[(b * T + t2) * 3 * C + 2 * C + c] += dv;
+    __global float* d = dqkv + (b * T + t2) * 3 * C + c;
+    d[C] = accumulate ? d[C] + dk : dk;
+    d[2 * C] = accumulate ? d[2 * C] + dv : dv;
 }
 
 // Cached generation, pass 1: copy this call's keys and values into slots pos..pos+T-1 of the caches

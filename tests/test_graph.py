@@ -187,7 +187,7 @@ def _dgelu(h: np.ndarray) -> np.ndarray:
 
 
 def test_handed_over_and_overwritten_gradients_sum_every_path(cpu_backend, rng):
-    """Fresh gradients skip their zero-fill: add hands dout over to `a` (and copies it for `b`),
+    """Fresh gradients skip their zero-fill: add hands dout over to `a` (and shares it with `b`),
     matmul and gelu overwrite a fresh dinp. Later paths into the same tensor must still add up:
     h feeds two matmuls and a gelu, u feeds both sides of one add."""
     xs, ws = rng.standard_normal((4, 3)), rng.standard_normal((5, 3))
@@ -216,6 +216,26 @@ def test_handed_over_gradient_is_not_shared_with_a_leaf(cpu_backend, rng):
     assert a.grad is not b.grad and a.grad.data is not b.grad.data
     a.grad.data[:] = 5.0  # writing one leaf's gradient leaves the other's alone
     np.testing.assert_array_equal(b.grad.numpy(), np.ones(6))
+
+
+def test_gradient_shared_by_both_inputs_of_an_add_is_copied_before_a_write(cpu_backend, rng):
+    """z = h + h @ w2^T hands dout to both h and the branch; the branch's matmul then adds into h's
+    gradient while its GEMM still reads that same dout: h must get a private copy first. The second
+    level (y = z + gelu(z)) shares a gradient that was itself passed on."""
+    xs, ws, w2s = (rng.standard_normal(s) for s in ((3, 4), (5, 4), (5, 5)))
+    x, w, w2 = leaf(cpu_backend, xs), leaf(cpu_backend, ws), leaf(cpu_backend, w2s)
+    h = matmul(x, w)
+    z = add(h, matmul(h, w2))
+    y = add(z, gelu(z))
+    dys = rng.standard_normal((3, 5))
+    y.backward(Tensor.from_numpy(dys.astype(np.float32), cpu_backend))
+    hs = xs @ ws.T
+    zs = hs + hs @ w2s.T
+    dz = dys * (1 + _dgelu(zs))
+    dh = dz + dz @ w2s
+    assert_close(x.grad.numpy(), dh @ ws, 1e-4, "dx")
+    assert_close(w.grad.numpy(), dh.T @ xs, 1e-4, "dw")
+    assert_close(w2.grad.numpy(), dz.T @ hs, 1e-4, "dw2")
 
 
 @pytest.mark.parametrize("bad", [2**31, 2**32 + 1, -(2**31) - 1])

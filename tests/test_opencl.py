@@ -256,9 +256,9 @@ def _cases(rng: np.random.Generator) -> list[tuple[str, list, dict, float]]:
         qkv, att, out = attention_state(B, T, C, NH)
         sizes = {"B": B, "T": T, "C": C, "NH": NH}
         cases.append(("attention_forward", [r(B, T, C), r(B, NH, T, T), qkv], sizes, 1e-4))
-        cases.append(
-            ("attention_backward", [r(B, T, 3 * C), r(B, T, C), qkv, att, out], sizes, 1e-3)
-        )
+        for accumulate in (1, 0):  # 0: dqkv overwritten (a fresh gradient), 1: added into
+            bufs = [r(B, T, 3 * C), r(B, T, C), qkv, att, out]
+            cases.append(("attention_backward", bufs, {**sizes, "accumulate": accumulate}, 1e-3))
     for B, T, C, NH, pos, TMAX in [(1, 1, 4, 1, 0, 1), (2, 1, 12, 3, 9, 16), (2, 5, 12, 2, 3, 8)]:
         HS = C // NH
         cache = [r(B, NH, TMAX, HS), r(B, NH, TMAX, HS)]

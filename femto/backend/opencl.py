@@ -471,17 +471,18 @@ def _attention_backward(be, bufs, s) -> list[Launch]:
     # dscores (B, NH, T, T) = att * (dout.v - dout.out) / sqrt(HS), then two gathers from it:
     # dq by query row, dk and dv by key column, so every element of dqkv has one owner
     dscores = be.scratch("attention_dscores", B * NH * T * T)
+    acc = i32(s["accumulate"])
     return [
         (
             "attention_backward_dscores",
             *_rows(be, B * NH * T, T),
             [dscores, dout, qkv, att, out, *sizes],
         ),
-        ("attention_backward_dq", *_elementwise(B * T * C), [dqkv, dscores, qkv, *sizes]),
+        ("attention_backward_dq", *_elementwise(B * T * C), [dqkv, dscores, qkv, *sizes, acc]),
         (
             "attention_backward_dkv",
             *_elementwise(B * T * C),
-            [dqkv, dscores, dout, qkv, att, *sizes],
+            [dqkv, dscores, dout, qkv, att, *sizes, acc],
         ),
     ]
 

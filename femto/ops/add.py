@@ -25,7 +25,9 @@ class Add(Op):
         # stream's usual case) instead of zero-filling a buffer and adding dout into it
         passed = a is not b and self.pass_grad_to(0, dout)
         da = None if passed else self.grad_of(0)
-        copied = passed and self.copy_grad_to(1, dout)  # M == N and b (the branch) has no gradient
+        # M == N and b (the branch) has no gradient: b shares dout too (the graph copies it only if
+        # a or b must be added into while the other still needs it), or gets a copy if it is a leaf
+        copied = passed and (self.pass_grad_to(1, dout) or self.copy_grad_to(1, dout))
         db = None if copied else self.grad_of(1)
         if da is not None or db is not None:
             self.backend.run(

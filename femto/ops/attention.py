@@ -43,7 +43,7 @@ class Attention(Op):
         return out
 
     def backward(self, dout: Tensor) -> tuple:
-        dqkv = self.grad_of(0)
+        dqkv, accumulate = self.fresh_grad_of(0)
         self.backend.run(
             "attention_backward",
             dqkv.data,
@@ -52,6 +52,7 @@ class Attention(Op):
             self.att.data,
             self.out.data,
             **self.sizes,
+            accumulate=accumulate,
         )
         return (dqkv,)
 

@@ -129,3 +129,27 @@ def test_n_head_below_one_is_a_shape_error(backend, n_head):
 def test_no_channels_is_a_shape_error(backend):
     with pytest.raises(ShapeError, match=r"\(1, 2, 0\)"):
         attention(Tensor.zeros((1, 2, 0), backend), n_head=1)
+
+
+@pytest.mark.parametrize("B,T,NH,HS", [(1, 1, 1, 1), (2, 30, 3, 5), (1, 50, 2, 8), (1, 300, 2, 4)])
+def test_backward_kernel_overwrites_or_accumulates(backend, rng, B, T, NH, HS):
+    # accumulate=0 must never read dqkv (the graph hands it uninitialised): NaNs there stay out.
+    # T=30 and 50 cross query blocks; T=300 crosses key chunks too.
+    C = NH * HS
+    qkv = rng.standard_normal((B, T, 3 * C)).astype(np.float32)
+    dout = rng.standard_normal((B, T, C)).astype(np.float32)
+    out, att = ref.attention_forward(qkv.astype(float), NH)
+    expected = ref.attention_backward(dout.astype(float), qkv.astype(float), NH).reshape(-1)
+    sizes = {"B": B, "T": T, "C": C, "NH": NH}
+    for accumulate, start in ((0, np.nan), (1, 1.0)):
+        dqkv = backend.from_numpy(np.full(B * T * 3 * C, start, np.float32))
+        saved = [np.ascontiguousarray(a, np.float32).reshape(-1) for a in (dout, qkv, att, out)]
+        backend.run(
+            "attention_backward",
+            dqkv,
+            *(backend.from_numpy(a) for a in saved),
+            **sizes,
+            accumulate=accumulate,
+        )
+        got = backend.to_numpy(dqkv).astype(np.float64)
+        assert_close(got, expected + accumulate, 1e-3, f"dqkv (accumulate={accumulate})")

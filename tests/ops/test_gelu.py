@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from femto.errors import ShapeError
 from femto.graph import Tensor
-from femto.ops import gelu
+from femto.ops import gelu, matmul
 
 ODD = st.sampled_from([1, 3, 7, 17, 127]) | st.integers(1, 40)
 
@@ -67,3 +67,24 @@ def test_backward_kernel_overwrites_or_accumulates(backend, rng, N):
         backend.run("gelu_backward", dinp, doutb, xb, N=N, accumulate=accumulate)
         got = backend.to_numpy(dinp).astype(np.float64)
         assert_close(got, expected + accumulate, 1e-3, f"dinp (accumulate={accumulate})")
+
+
+def test_backward_in_place_inside_a_graph(backend, rng):
+    # gelu between two matmuls, as in the MLP: its dout is the fresh gradient matmul overwrote, and
+    # its dinp the fresh one the next matmul reads; the chain rule must come out the same
+    xs, ws, w2s = (
+        rng.standard_normal((6, 4)),
+        rng.standard_normal((5, 4)),
+        rng.standard_normal((3, 5)),
+    )
+    x, w, w2 = (
+        Tensor.from_numpy(a.astype(np.float32), backend, requires_grad=True) for a in (xs, ws, w2s)
+    )
+    y = matmul(gelu(matmul(x, w)), w2)
+    dys = rng.standard_normal((6, 3))
+    y.backward(Tensor.from_numpy(dys.astype(np.float32), backend))
+    hs = xs @ ws.T
+    dh = ref.gelu_backward(dys @ w2s, hs)
+    assert_close(x.grad.numpy(), dh @ ws, 1e-4, "dx")
+    assert_close(w.grad.numpy(), dh.T @ xs, 1e-4, "dw")
+    assert_close(w2.grad.numpy(), dys.T @ ref.gelu_forward(hs), 1e-4, "dw2")
