@@ -15,6 +15,7 @@ import contextlib
 import math
 import sys
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -284,6 +285,18 @@ def topological_order(root: Tensor) -> list[Tensor]:
     return order
 
 
+# backend -> the scalar 1.0 on that backend, uploaded once: a training step then sends the device
+# nothing but its batch (a constant, never written: backward() seeds from a copy of it)
+_UNIT_SEEDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _unit_seed(backend: Backend) -> Tensor:
+    one = _UNIT_SEEDS.get(backend)
+    if one is None:
+        one = _UNIT_SEEDS[backend] = Tensor.from_numpy(np.ones(1, np.float32), backend)
+    return one
+
+
 def backward(loss: Tensor, grad: Tensor | None = None) -> None:
     """Accumulate d(loss)/d(leaf) into every leaf's .grad, then free the graph below `loss`."""
     if grad is None:
@@ -291,16 +304,16 @@ def backward(loss: Tensor, grad: Tensor | None = None) -> None:
             raise ShapeError(
                 f"backward() seeds a scalar loss, got shape {loss.shape}: pass grad= explicitly"
             )
-        grad = Tensor.from_numpy(np.ones(loss.shape, np.float32), loss.backend)
-    else:
-        if grad.shape != loss.shape:
-            raise ShapeError(
-                f"backward(): grad of shape {grad.shape} for a tensor of shape {loss.shape}"
-            )
-        # a private copy: ops may hand the seed on as an input's gradient and accumulate into it
-        seed = Tensor.empty(grad.shape, loss.backend, grad.dtype)
-        loss.backend.copy_(seed.data, grad.data)
-        grad = seed
+        grad = Tensor(_unit_seed(loss.backend).data, loss.shape, loss.backend)
+    elif grad.shape != loss.shape:
+        raise ShapeError(
+            f"backward(): grad of shape {grad.shape} for a tensor of shape {loss.shape}"
+        )
+    # a private copy, made on the device: ops may hand the seed on as an input's gradient and
+    # accumulate into it
+    seed = Tensor.empty(grad.shape, loss.backend, grad.dtype)
+    loss.backend.copy_(seed.data, grad.data)
+    grad = seed
     if loss.op is None:
         raise ShapeError("backward(): this tensor was not produced by a recorded op (no_grad?)")
     loss.grad = grad

@@ -430,3 +430,34 @@ def test_femto_devices_without_pyopencl_is_one_line(monkeypatch):
     assert result.exit_code == 1
     assert "pip install pyopencl" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_training_step_moves_only_the_ids_in_and_the_loss_out(cl_backend, monkeypatch):
+    """Issue 5's device residency: parameters, activations, gradients and AdamW moments stay on the
+    device; a step uploads its (B, T) ids and targets and reads back the loss scalar, nothing else."""
+    from femto.model import GPT, GPTConfig
+    from femto.optim import AdamW
+
+    config = GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=16, dropout=0.1)
+    model = GPT(config, cl_backend, np.random.default_rng(0))
+    optimizer = AdamW(model.params)
+    rng = np.random.default_rng(1)
+
+    def step() -> None:
+        x = rng.integers(0, 11, (3, 8)).astype(np.int32)
+        _, loss = model(x, np.roll(x, -1, axis=1), rng)
+        loss.backward()
+        loss.item()
+        optimizer.step(lr=1e-3)
+        model.zero_grad()
+
+    step()  # the first step uploads constants once (position ids, the backward seed)
+    uploads, downloads = [], []
+    to_numpy, from_numpy = cl_backend.to_numpy, cl_backend.from_numpy
+    monkeypatch.setattr(cl_backend, "to_numpy", lambda buf: downloads.append(1) or to_numpy(buf))
+    monkeypatch.setattr(
+        cl_backend, "from_numpy", lambda a: uploads.append((a.dtype, a.shape)) or from_numpy(a)
+    )
+    step()
+    assert uploads == [(np.dtype(np.int32), (3, 8))] * 2  # ids and targets
+    assert len(downloads) == 1  # the loss
