@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, fields, replace
 import numpy as np
 
 from femto import checkpoint as ckpt
-from femto.backend.base import get_backend
+from femto.backend.base import get_backend, parse_device_spec
 from femto.data import (
     check_windows,
     encode_corpus,
@@ -93,6 +93,7 @@ class TrainConfig:
             )
         if not self.data:
             raise ConfigError("--data must name a corpus or a path")
+        parse_device_spec(self.device)  # a bad --device fails before any work, resumed runs too
         if self.sp_model_type is not None:
             if self.tokenizer != "sentencepiece":
                 raise ConfigError(

@@ -244,6 +244,8 @@ def test_bad_options_on_a_new_run(args, fragments, workdir, env, tmp_path):
         (["train", "--n-layer", "2"], ["--n-layer 2 (the run has 1)", "another --out"]),
         (["train", "--tokenizer", "byte"], ["--tokenizer 'byte' (the run has 'char')"]),
         (["train", "--steps", "0"], ["--steps must be a positive integer, got 0"]),
+        (["train", "--device", "tpu"], ["unknown device 'tpu'"]),
+        (["train", "--device", "cpu:1"], ["unknown device 'cpu:1'"]),
         (["sample", "--tokens", "-1"], ["--tokens must be >= 0"]),
         (["sample", "--num-samples", "0"], ["--num-samples must be a positive integer"]),
         (["sample", "--temperature", "-0.5"], ["--temperature must be >= 0"]),

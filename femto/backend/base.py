@@ -45,14 +45,21 @@ class Backend(Protocol):
     def synchronize(self) -> None: ...
 
 
-def get_backend(spec: str = "cpu", **options: Any) -> Backend:
-    """Build a backend from a spec like 'cpu', 'opencl' or 'opencl:P:D' (platform P, device D)."""
+def parse_device_spec(spec: str) -> tuple[str, str]:
+    """(backend name, device part) of a spec, checked without opening anything: only opencl takes
+    a :PLATFORM:DEVICE part, whose numbers the OpenCL backend checks when it opens the device."""
     name, _, rest = spec.partition(":")
-    if name not in BACKENDS:
+    if name not in BACKENDS or (rest and name != "opencl"):
         raise BackendUnavailable(
             f"unknown device {spec!r}: expected one of {', '.join(sorted(BACKENDS))} "
             "(or opencl:PLATFORM:DEVICE)"
         )
+    return name, rest
+
+
+def get_backend(spec: str = "cpu", **options: Any) -> Backend:
+    """Build a backend from a spec like 'cpu', 'opencl' or 'opencl:P:D' (platform P, device D)."""
+    name, rest = parse_device_spec(spec)
     module_name, class_name = BACKENDS[name].split(":")
     module = importlib.import_module(module_name)
     backend_class = getattr(module, class_name)
