@@ -19,7 +19,13 @@ import subprocess
 import sys
 import time
 
-from train_speed import CONFIGS, config_dict, peak_rss_mib, worker_env
+from train_speed import (
+    add_common_args,
+    config_dict,
+    parse_common_args,
+    peak_rss_mib,
+    worker_env,
+)
 
 MODES = ("cache", "no_cache")
 
@@ -112,18 +118,10 @@ def format_table(rows: list[dict]) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", default="A,B,C,D", help="comma-separated subset of A,B,C,D")
-    parser.add_argument("--threads", type=int, default=2, help="threads for both frameworks (2)")
+    add_common_args(parser)
     parser.add_argument("--tokens", type=int, default=200, help="tokens generated per run (200)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs; the median counts (3)")
-    parser.add_argument("--no-torch", action="store_true", help="time femto only")
-    parser.add_argument("--json", metavar="PATH", help="also write the table as JSON here")
-    parser.add_argument("--worker", choices=("femto", "torch"), help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    args.configs = [c.strip().upper() for c in args.configs.split(",") if c.strip()]
-    unknown = [c for c in args.configs if c not in CONFIGS]
-    if unknown or not args.configs:
-        parser.error(f"--configs takes names from {','.join(CONFIGS)}, got {unknown or 'none'}")
+    args = parse_common_args(parser, argv)
     if args.threads < 1 or args.tokens < 1 or args.repeats < 1:
         parser.error("--threads, --tokens and --repeats must be >= 1")
     return args

@@ -192,21 +192,33 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    """The options train_speed.py and sample_speed.py share."""
     parser.add_argument("--configs", default="A,B,C,D", help="comma-separated subset of A,B,C,D")
     parser.add_argument("--threads", type=int, default=2, help="threads for both frameworks (2)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (3)")
-    parser.add_argument("--steps", type=int, default=20, help="timed steps; the median counts (20)")
-    parser.add_argument("--rounds", type=int, default=1, help="alternate runs per framework (1)")
     parser.add_argument("--no-torch", action="store_true", help="time femto only")
     parser.add_argument("--json", metavar="PATH", help="also write the table as JSON here")
     parser.add_argument("--worker", choices=("femto", "torch"), help=argparse.SUPPRESS)
+
+
+def parse_common_args(
+    parser: argparse.ArgumentParser, argv: list[str] | None
+) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.configs = [c.strip().upper() for c in args.configs.split(",") if c.strip()]
     unknown = [c for c in args.configs if c not in CONFIGS]
     if unknown or not args.configs:
         parser.error(f"--configs takes names from {','.join(CONFIGS)}, got {unknown or 'none'}")
+    return args
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_common_args(parser)
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (3)")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps; the median counts (20)")
+    parser.add_argument("--rounds", type=int, default=1, help="alternate runs per framework (1)")
+    args = parse_common_args(parser, argv)
     if args.threads < 1 or args.steps < 1 or args.warmup < 0 or args.rounds < 1:
         parser.error("--threads, --steps and --rounds must be >= 1 and --warmup >= 0")
     return args
