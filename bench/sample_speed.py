@@ -11,9 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import pathlib
-import platform
 import statistics
 import subprocess
 import sys
@@ -25,6 +23,7 @@ from train_speed import (
     parse_common_args,
     peak_rss_mib,
     worker_env,
+    write_json,
 )
 
 MODES = ("cache", "no_cache")
@@ -152,9 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(format_table(rows))
     if args.json:
-        meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count()}
-        record = {"benchmark": "sample_speed", **meta, "args": vars(args), "rows": rows}
-        pathlib.Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
+        write_json(args.json, "sample_speed", args, rows)
 
 
 if __name__ == "__main__":

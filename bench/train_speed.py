@@ -212,6 +212,13 @@ def parse_common_args(
     return args
 
 
+def write_json(path: str, benchmark: str, args: argparse.Namespace, rows: list[dict]) -> None:
+    """The table as JSON, with the machine and the arguments that produced it."""
+    meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count()}
+    record = {"benchmark": benchmark, **meta, "args": vars(args), "rows": rows}
+    pathlib.Path(path).write_text(json.dumps(record, indent=1) + "\n")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_args(parser)
@@ -255,9 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(format_table(rows))
     if args.json:
-        meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count()}
-        record = {"benchmark": "train_speed", **meta, "args": vars(args), "rows": rows}
-        pathlib.Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
+        write_json(args.json, "train_speed", args, rows)
 
 
 if __name__ == "__main__":
