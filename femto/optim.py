@@ -1,4 +1,11 @@
-"""AdamW with global-norm gradient clipping: one `adamw_update` kernel call per parameter.
+"""AdamW with global-norm gradient clipping, over parameters packed into one storage per group.
+
+The optimizer packs what it is given: the parameters of each weight-decay group (matrices decay,
+vectors do not) move into one contiguous buffer, their gradients into another, and the moments into
+two more; every parameter's `.data` and `.grad` become views into them. A step is then two kernel
+calls per group, whatever the number of parameters: one `sum_squares` and one `adamw_update` over the
+whole group (and a future data-parallel all-reduce has one gradient buffer to reduce). Views start
+at multiples of the backend's view_alignment; the gaps between them stay zero, which no update moves.
 
 Kernel contracts (csrc/adamw.c, kernels/adamw.cl), all buffers flat with N elements:
   sum_squares(out (1,), inp (N,), N): out[0] += sum of inp^2, in a fixed order (thread-count independent).
@@ -21,6 +28,35 @@ import numpy as np
 
 from femto.errors import CheckpointError, ConfigError
 from femto.graph import Tensor
+
+
+class _Group:
+    """Parameters sharing one weight decay, with their gradients and moments, each set in one buffer."""
+
+    def __init__(self, params: dict[str, Tensor], weight_decay: float):
+        self.weight_decay = weight_decay
+        self.names = list(params)
+        backend = next(iter(params.values())).backend
+        align = backend.view_alignment
+        offsets, size = {}, 0
+        for name, p in params.items():
+            offsets[name] = size
+            size += -(-max(p.size, 1) // align) * align  # the next view starts aligned
+        self.size = size
+        self.storage = {kind: backend.zeros(size) for kind in ("param", "grad", "m", "v")}
+        # name -> {kind: Tensor viewing that kind's storage}
+        self.views: dict[str, dict[str, Tensor]] = {}
+        for name, p in params.items():
+            self.views[name] = {
+                kind: Tensor(backend.view(buf, offsets[name], p.size), p.shape, backend)
+                for kind, buf in self.storage.items()
+            }
+            param_view, grad_view = self.views[name]["param"], self.views[name]["grad"]
+            backend.copy_(param_view.data, p.data)
+            if p.grad is not None:
+                backend.copy_(grad_view.data, p.grad.data)
+            p.data = param_view.data
+            p.grad = grad_view
 
 
 class AdamW:
@@ -46,13 +82,19 @@ class AdamW:
         self.params = dict(params)
         self.lr, self.betas, self.eps = lr, betas, eps
         self.weight_decay, self.grad_clip = weight_decay, grad_clip
-        self.step_count = (
-            0  # number of updates applied; the kernel's bias correction uses step_count
-        )
-        self.m = {n: Tensor.zeros(p.shape, p.backend) for n, p in self.params.items()}
-        self.v = {n: Tensor.zeros(p.shape, p.backend) for n, p in self.params.items()}
-        backend = next(iter(self.params.values())).backend
-        self._sumsq = Tensor.zeros((1,), backend)  # sum of squares of every gradient, on the device
+        self.step_count = 0  # number of updates applied; the kernel's bias correction uses it
+        self._groups: list[_Group] = []
+        for decays in (True, False):
+            members = {n: p for n, p in self.params.items() if (p.ndim >= 2) == decays}
+            if members:
+                self._groups.append(_Group(members, weight_decay if decays else 0.0))
+        views = {name: g.views[name] for g in self._groups for name in g.names}
+        self.m = {n: views[n]["m"] for n in self.params}
+        self.v = {n: views[n]["v"] for n in self.params}
+        self._views = views
+        backend = next(iter(self.params.values())).backend if self.params else None
+        # sum of squares of every gradient, on the device
+        self._sumsq = Tensor.zeros((1,), backend) if backend is not None else None
         self._last_divisor = 1.0
 
     def grad_norm(self) -> float:
@@ -66,25 +108,43 @@ class AdamW:
         """Apply one update with the gradients divided by grad_divisor (e.g. the number of accumulated
         micro-batches), clipped to global norm grad_clip."""
         lr = self.lr if lr is None else lr
+        if self._sumsq is None:
+            return
+        self._check_packed()
         backend = self._sumsq.backend
         backend.zero_(self._sumsq.data)
-        # summed in a fixed parameter order into one device scalar: reproducible, and no host sync
-        for p in self.params.values():
-            if p.grad is not None:
-                backend.run("sum_squares", self._sumsq.data, p.grad.data, N=p.size)
+        # summed in a fixed group order into one device scalar: reproducible, and no host sync
+        for group in self._groups:
+            backend.run("sum_squares", self._sumsq.data, group.storage["grad"], N=group.size)
         self._last_divisor = grad_divisor
         self.step_count += 1
         beta1, beta2 = self.betas
-        for name, p in self.params.items():
-            if p.grad is None:
-                continue
-            decay = self.weight_decay if p.ndim >= 2 else 0.0
+        for group in self._groups:
+            s = group.storage
             backend.run(
-                "adamw_update", p.data, self.m[name].data, self.v[name].data, p.grad.data,
-                self._sumsq.data, N=p.size, lr=lr, beta1=beta1, beta2=beta2, eps=self.eps,
-                weight_decay=decay, grad_clip=self.grad_clip, grad_divisor=grad_divisor,
-                step=self.step_count,
+                "adamw_update", s["param"], s["m"], s["v"], s["grad"], self._sumsq.data,
+                N=group.size, lr=lr, beta1=beta1, beta2=beta2, eps=self.eps,
+                weight_decay=group.weight_decay, grad_clip=self.grad_clip,
+                grad_divisor=grad_divisor, step=self.step_count,
             )  # fmt: skip
+
+    def _check_packed(self) -> None:
+        """Every parameter must still live in this optimizer's storage, and its gradient too. A
+        gradient that was dropped (free_grad) or replaced is put back: copied in, or zero if absent."""
+        for name, p in self.params.items():
+            views = self._views[name]
+            if p.data is not views["param"].data:
+                raise ConfigError(
+                    f"parameter {name} no longer lives in this optimizer's storage (was it packed by "
+                    "another optimizer, or its buffer replaced?): make one optimizer per model"
+                )
+            grad = p.grad
+            if grad is not views["grad"]:
+                if grad is None:
+                    p.backend.zero_(views["grad"].data)
+                else:
+                    p.backend.copy_(views["grad"].data, grad.data)
+                p.grad = views["grad"]
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """The moments as host arrays, named like PyTorch's AdamW state: NAME.exp_avg, NAME.exp_avg_sq."""

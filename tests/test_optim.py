@@ -141,3 +141,47 @@ def test_state_load_rejects_mismatches(cpu_backend):
 def test_bad_hyperparameters():
     with pytest.raises(ConfigError, match="betas"):
         AdamW({}, betas=(1.0, 0.9))
+
+
+def test_parameters_are_packed_and_a_step_is_two_calls_per_group(backend):
+    params = make_params(backend, np.random.default_rng(7))
+    values = {n: p.numpy() for n, p in params.items()}
+    opt = AdamW(params)
+    for n, p in params.items():  # packing moved the values, not changed them
+        np.testing.assert_array_equal(p.numpy(), values[n])
+    set_grads(params, {n: np.ones(s, np.float32) for n, s in SHAPES.items()})
+    calls = []
+    run = backend.run
+
+    def counting_run(name, *bufs, **scalars):
+        calls.append(name)
+        run(name, *bufs, **scalars)
+
+    backend.run = counting_run
+    try:
+        opt.step()
+    finally:
+        del backend.run
+    # one group of matrices (w) and one of vectors (b, ln): a sum and an update each
+    assert sorted(calls) == ["adamw_update"] * 2 + ["sum_squares"] * 2
+    assert opt.grad_norm() == pytest.approx(np.sqrt(sum(np.prod(s) for s in SHAPES.values())))
+
+
+def test_a_dropped_gradient_counts_as_zero(cpu_backend):
+    params = make_params(cpu_backend, np.random.default_rng(8))
+    before = params["b"].numpy()
+    opt = AdamW(params, lr=0.1)
+    set_grads(params, {n: np.ones(s, np.float32) for n, s in SHAPES.items()})
+    params["b"].free_grad()
+    opt.step()
+    np.testing.assert_array_equal(params["b"].numpy(), before)  # no gradient, no decay: unmoved
+    assert params["b"].grad is not None  # the packed gradient is back, ready for the next step
+    assert opt.grad_norm() == pytest.approx(np.sqrt(15 + 7))
+
+
+def test_parameters_packed_by_a_second_optimizer_fail_the_first(cpu_backend):
+    params = make_params(cpu_backend, np.random.default_rng(9))
+    first = AdamW(params)
+    AdamW(params)
+    with pytest.raises(ConfigError, match="parameter w no longer lives in this optimizer's storage"):
+        first.step()

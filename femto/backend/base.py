@@ -25,6 +25,8 @@ BACKENDS = {
 class Backend(Protocol):
     name: str
     device_name: str
+    # a view's offset must be a multiple of this many elements (OpenCL's sub-buffer alignment)
+    view_alignment: int
 
     def empty(self, n: int, dtype: str = "float32") -> Any: ...
 
@@ -37,6 +39,11 @@ class Backend(Protocol):
     def zero_(self, buf: Any) -> None: ...
 
     def copy_(self, dst: Any, src: Any) -> None: ...
+
+    def view(self, buf: Any, offset: int, n: int) -> Any:
+        """A buffer aliasing elements [offset, offset + n) of `buf` (offset a multiple of
+        view_alignment): kernels given the view read and write `buf`'s memory."""
+        ...
 
     def run(self, name: str, *bufs: Any, **scalars: float) -> None: ...
 

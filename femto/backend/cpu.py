@@ -57,6 +57,7 @@ class CPUBackend:
     """Buffers are flat C-contiguous numpy arrays; run() passes their addresses to the C kernel."""
 
     name = "cpu"
+    view_alignment = 16  # 64 bytes: a cache line, and one AVX-512 vector
 
     def __init__(self, num_threads: int | None = None):
         self.device_name = "CPU (OpenMP C kernels)"
@@ -105,6 +106,11 @@ class CPUBackend:
 
     def copy_(self, dst: np.ndarray, src: np.ndarray) -> None:
         np.copyto(dst, src)
+
+    def view(self, buf: np.ndarray, offset: int, n: int) -> np.ndarray:
+        if offset % self.view_alignment or offset < 0 or offset + n > buf.size:
+            raise ValueError(f"view [{offset}, {offset + n}) of a buffer of {buf.size} elements")
+        return buf[offset : offset + n]
 
     def kernel_names(self) -> set[str]:
         return {

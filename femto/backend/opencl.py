@@ -208,6 +208,8 @@ class OpenCLBackend:
         # (path, options) -> built program; the backend owns its context, so this is per context
         self._programs: dict[tuple[str, str], Any] = {}
         self._scratch: dict[str, CLBuffer] = {}
+        # a sub-buffer's origin must be aligned to mem_base_addr_align, which OpenCL gives in bits
+        self.view_alignment = max(1, int(self.device.mem_base_addr_align) // 32)
         # reductions halve the local size each step, so it must be a power of two
         self._reduce_local = REDUCE_LOCAL
         while self._reduce_local > int(self.device.max_work_group_size):
@@ -255,6 +257,14 @@ class OpenCLBackend:
             raise TypeError(f"copy_ from {src} into {dst}: sizes and dtypes must match")
         if src.size:
             self._cl.enqueue_copy(self.queue, dst.buf, src.buf, byte_count=src.nbytes)
+
+    def view(self, buf: CLBuffer, offset: int, n: int) -> CLBuffer:
+        if offset % self.view_alignment or offset < 0 or n < 1 or offset + n > buf.size:
+            raise ValueError(
+                f"view [{offset}, {offset + n}) of a buffer of {buf.size} elements (offsets are "
+                f"multiples of {self.view_alignment}, views not empty)"
+            )
+        return CLBuffer(buf.buf.get_sub_region(4 * offset, 4 * n), n, buf.dtype)
 
     def scratch(self, key: str, n: int) -> CLBuffer:
         """A float32 work buffer of at least n elements, reused across calls (the queue is in order)."""
