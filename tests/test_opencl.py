@@ -101,7 +101,7 @@ def test_broken_kernel_file_reports_file_and_build_log(cl_backend, tmp_path):
     for path in cl_backend.kernels_dir.glob("*.cl"):
         shutil.copy(path, tmp_path)
     broken = tmp_path / "gelu.cl"
-    broken.write_text(broken.read_text().replace("tanh(", "no_such_function_xyz(", 1))
+    broken.write_text(broken.read_text().replace("exp(", "no_such_function_xyz(", 1))
     backend = opencl.OpenCLBackend(device="0:0", kernels_dir=tmp_path)
     out, inp = backend.zeros(4), backend.zeros(4)
     with pytest.raises(KernelBuildError) as info:

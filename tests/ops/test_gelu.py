@@ -88,3 +88,13 @@ def test_backward_in_place_inside_a_graph(backend, rng):
     assert_close(x.grad.numpy(), dh @ ws, 1e-4, "dx")
     assert_close(w.grad.numpy(), dh.T @ xs, 1e-4, "dw")
     assert_close(w2.grad.numpy(), dys.T @ ref.gelu_forward(hs), 1e-4, "dw2")
+
+
+def test_extreme_inputs(backend):
+    # far beyond the range where GELU is x or 0 (and its slope 1 or 0) to float precision
+    x = np.array([-1e12, -1e9, -1e4, -100.0, -20.0, -9.7, 9.7, 20.0, 1e4, 1e12, np.nan], np.float32)
+    out, (dx,) = run_op(backend, gelu, [x], (0,), np.ones_like(x))
+    expected = np.where(x > 0, x, 0.0)
+    np.testing.assert_allclose(out[:-1], expected[:-1], rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(dx[:-1], (x[:-1] > 0).astype(np.float32), atol=1e-5)
+    assert np.isnan(out[-1]) and np.isnan(dx[-1])  # a NaN is not hidden
