@@ -60,6 +60,14 @@ static inline void softmax_row(float* p, size_t t, size_t T, float scale) {
     for (size_t j = (t + 1 > nv ? t + 1 : nv); j < T; j++) p[j] = 0.0f;
 }
 
+/* p[j] = exp(p[j] * scale - shift) for j < n, 16 keys at a time (vec16_expf and vec_expf give the
+ * same bits, so the scalar tail changes nothing but speed) */
+static inline void exp_shifted(float* p, size_t n, float scale, float shift) {
+    size_t j = 0;
+    for (; j + 16 <= n; j += 16) vec16_store(p + j, vec16_expf(vec16_load(p + j) * scale - shift));
+    for (; j < n; j++) p[j] = vec_expf(p[j] * scale - shift);
+}
+
 void attention_forward(float* out, float* att, const float* qkv, size_t B, size_t T, size_t C,
                        size_t NH) {
     size_t HS = C / NH;
@@ -161,8 +169,10 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
     }
 }
 
-void attention_cached_forward(float* out, float* kcache, float* vcache, const float* qkv, size_t B,
-                              size_t T, size_t C, size_t NH, size_t pos, size_t TMAX) {
+void attention_cached_forward(float* out, float* kcache, float* vcache, const float* qkv,
+                              const int32_t* positions, size_t B, size_t T, size_t C, size_t NH,
+                              size_t TMAX) {
+    size_t pos = (size_t)positions[0];
     size_t HS = C / NH;
     float scale = 1.0f / sqrtf((float)HS);
     size_t work = B * NH * T * (pos + T) * HS;
@@ -211,7 +221,7 @@ void attention_cached_forward(float* out, float* kcache, float* vcache, const fl
                             float newmax = tilemax != tilemax || tilemax > maxval[i] ? tilemax
                                                                                      : maxval[i];
                             float correction = vec_expf(maxval[i] - newmax);  // 0 on the first tile
-                            for (size_t j = 0; j < last; j++) p[j] = vec_expf(p[j] * scale - newmax);
+                            exp_shifted(p, last, scale, newmax);
                             sum[i] = sum[i] * correction + vec_sum(p, last);
                             for (size_t c = 0; c < HS; c++) o[i * C + c] *= correction;
                             maxval[i] = newmax;

@@ -45,9 +45,12 @@ void attention_forward(float* out, float* att, const float* qkv, size_t B, size_
                        size_t NH);
 void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* att,
                         const float* out, size_t B, size_t T, size_t C, size_t NH, int accumulate);
-/* generation with a key/value cache: forward only, it never runs under autograd */
-void attention_cached_forward(float* out, float* kcache, float* vcache, const float* qkv, size_t B,
-                              size_t T, size_t C, size_t NH, size_t pos, size_t TMAX);
+/* generation with a key/value cache: forward only, it never runs under autograd. The new tokens'
+ * first position comes from the device (positions[0]), so a captured decode step replays at any
+ * position without new arguments. */
+void attention_cached_forward(float* out, float* kcache, float* vcache, const float* qkv,
+                              const int32_t* positions, size_t B, size_t T, size_t C, size_t NH,
+                              size_t TMAX);
 
 /* dropout.c: the keep mask is a hash of (seed, i), recomputed in backward instead of stored */
 void dropout_forward(float* out, const float* inp, size_t N, float p, uint32_t seed);

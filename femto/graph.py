@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from femto.backend.base import Backend, dtype_name
+from femto.backend.base import DTYPES, Backend, dtype_name
 from femto.errors import ShapeError, TokenIdError
 
 _state = threading.local()
@@ -142,9 +142,10 @@ class Tensor:
             raise ShapeError(
                 f"copy into tensor of shape {self.shape} from array of shape {array.shape}"
             )
-        self.backend.copy_(
-            self.data, self.backend.from_numpy(np.ascontiguousarray(array, np.float32))
-        )
+        host = np.ascontiguousarray(array, DTYPES[self.dtype])
+        self.backend.copy_(self.data, self.backend.from_numpy(host))
+        if self.dtype == "int32":
+            self.value_range = (int(host.min()), int(host.max())) if host.size else None
 
     def zero_grad(self) -> None:
         """Zero the gradient in place, keeping its buffer for the next step."""

@@ -206,8 +206,8 @@ class GPT:
             return idx
         return Tensor.from_numpy(np.ascontiguousarray(idx, np.int32), self.backend)
 
-    def _embed(self, ids: Tensor, pos: int, rng: np.random.Generator | None) -> Tensor:
-        T = ids.shape[1]
+    def _position_ids(self, pos: int, T: int) -> Tensor:
+        """Position ids pos .. pos+T-1 (T,) on the device."""
         if pos + T > self.config.block_size:
             raise ConfigError(
                 f"sequence of {T} tokens at position {pos} exceeds block_size {self.config.block_size}"
@@ -216,6 +216,9 @@ class GPT:
         if pos_ids is None:  # uploaded once per (pos, T): a training step then sends only its batch
             pos_ids = Tensor.from_numpy(np.arange(pos, pos + T, dtype=np.int32), self.backend)
             self._positions[(pos, T)] = pos_ids  # (T,)
+        return pos_ids
+
+    def _embed(self, ids: Tensor, pos_ids: Tensor, rng: np.random.Generator | None) -> Tensor:
         tok_emb = embedding(ids, self.p("transformer.wte.weight"))  # (B, T, C)
         pos_emb = embedding(pos_ids, self.p("transformer.wpe.weight"))  # (T, C)
         return self._dropout(add(tok_emb, pos_emb), rng)  # (B, T, C), pos_emb broadcast over B
@@ -245,6 +248,7 @@ class GPT:
         rng: np.random.Generator | None,
         cache: KVCache | None = None,
         last_only: bool = False,
+        pos_ids: Tensor | None = None,
     ) -> Tensor:
         """One pre-LN transformer block on x (B, T, C); with a cache, attention continues it.
 
@@ -260,7 +264,7 @@ class GPT:
             y = attention(qkv, self.config.n_head)  # (B, T, C)
         else:
             kcache, vcache = cache.layers[i]
-            y = attention_cached(qkv, kcache, vcache, self.config.n_head, cache.length)
+            y = attention_cached(qkv, kcache, vcache, self.config.n_head, cache.length, pos_ids)
             if last_only:
                 x, y = self._last_row(x), self._last_row(y)  # (B, 1, C)
         y = matmul(y, p(h + "attn.c_proj.weight"), p(h + "attn.c_proj.bias"))  # (B, T, C)
@@ -289,7 +293,7 @@ class GPT:
         ids = self._ids(idx)
         if ids.ndim != 2:
             raise ConfigError(f"forward needs token ids of shape (B, T), got {ids.shape}")
-        x = self._embed(ids, 0, rng)
+        x = self._embed(ids, self._position_ids(0, ids.shape[1]), rng)
         for i in range(self.config.n_layer):
             x = self._block(i, x, rng)
         logits = self._head(x)
@@ -305,7 +309,11 @@ class GPT:
         return KVCache(self.config, self.backend, batch_size)
 
     def forward_cached(
-        self, idx: np.ndarray | Tensor, cache: KVCache, last_only: bool = False
+        self,
+        idx: np.ndarray | Tensor,
+        cache: KVCache,
+        last_only: bool = False,
+        positions: Tensor | None = None,
     ) -> Tensor:
         """idx (B, T) continuing the sequence held in `cache` -> logits (B, T, V); forward only.
 
@@ -313,6 +321,9 @@ class GPT:
         are written into the cache, so the next call costs T positions, not the whole context.
         last_only returns only the last position's logits (B, 1, V), which is all generation needs:
         the last block after its attention, ln_f and the lm_head then run on one row per sequence.
+        positions: the new tokens' position ids (T,) as a device tensor holding cache.length.. (by
+        default the model's own); a caller that captures this forward to replay it at other positions
+        passes its own tensor and rewrites it between replays (femto/sample.py).
         """
         if grad_enabled():
             raise RuntimeError(
@@ -323,8 +334,24 @@ class GPT:
             raise ConfigError(
                 f"forward_cached needs ids (B={cache.batch_size}, T) for this cache, got {ids.shape}"
             )
-        x = self._embed(ids, cache.length, None)
+        T = ids.shape[1]
+        if positions is None:
+            positions = self._position_ids(cache.length, T)
+        else:
+            want = (cache.length, cache.length + T - 1)
+            if positions.shape != (T,) or positions.value_range != want:
+                raise ConfigError(
+                    f"forward_cached: positions must hold {want[0]}..{want[1]} as ({T},), got "
+                    f"{positions.shape} holding {positions.value_range}"
+                )
+            if want[1] >= self.config.block_size:
+                raise ConfigError(
+                    f"sequence of {T} tokens at position {cache.length} exceeds block_size "
+                    f"{self.config.block_size}"
+                )
+        x = self._embed(ids, positions, None)
         for i in range(self.config.n_layer):
-            x = self._block(i, x, None, cache, last_only and i == self.config.n_layer - 1)
-        cache.length += ids.shape[1]
+            last = last_only and i == self.config.n_layer - 1
+            x = self._block(i, x, None, cache, last, positions)
+        cache.length += T
         return self._head(x)

@@ -1,8 +1,12 @@
 """Text generation: prompt handling, temperature / top-k sampling, a key/value cache, streaming output.
 
 Each new token costs one position of model compute while the context fits in block_size (the cache
-holds every earlier key and value). Picking a token from the final logits (V floats) happens on the
-host; the model itself runs on its backend. Nothing here prints: text goes to a callback.
+holds every earlier key and value). Past block_size the window slides and is recomputed whole for
+every token. Both kinds of forward run the same kernels on the same shapes every time (the position
+is read on the device), so each is captured once and then replayed (Backend.capture), skipping the
+graph's per-op Python, most of a small model's time. Picking a token from the final logits
+(V floats) happens on the host; the model itself runs on its backend. Nothing here prints: text goes
+to a callback.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import numpy as np
 from femto import checkpoint as ckpt
 from femto.backend.base import get_backend
 from femto.errors import ConfigError, TokenizerError
-from femto.graph import no_grad
+from femto.graph import Tensor, no_grad
 from femto.model import GPT
 from femto.tokenizers.base import Tokenizer, load_tokenizer
 
@@ -130,6 +134,9 @@ def generate(
     new: list[int] = []
     with no_grad():
         cache = model.new_cache(1) if use_cache else None
+        # one captured forward for the full window, one for a single-token step
+        window = _CapturedStep(model, cache, block_size) if cache is not None else None
+        step = _CapturedStep(model, cache, 1) if cache is not None else None
         logits = _window_logits(model, ids, cache)
         for _ in range(max_new_tokens):
             token = pick_token(logits, temperature, top_k, rng)
@@ -140,13 +147,15 @@ def generate(
             if len(new) == max_new_tokens:
                 break
             if cache is not None and cache.length < block_size:
-                step = np.array([[token]], dtype=np.int32)  # (1, 1)
-                logits = model.forward_cached(step, cache).numpy()[0, -1]
+                logits = step.logits([token], cache.length)
             else:
                 # The window is full, so it slides: every token moves to a new position, and the
                 # positions are learned absolute embeddings, so every cached key and value is stale.
                 # Recompute the cache from the last block_size tokens (what nanoGPT's crop does).
-                logits = _window_logits(model, ids[-block_size:], cache)
+                if window is not None:
+                    logits = window.logits(ids[-block_size:], 0)
+                else:
+                    logits = _window_logits(model, ids[-block_size:], None)
     return new
 
 
@@ -159,6 +168,42 @@ def _window_logits(model: GPT, ids: Sequence[int], cache) -> np.ndarray:
         cache.length = 0
         logits = model.forward_cached(x, cache, last_only=True)  # (1, 1, V)
     return logits.numpy()[0, -1]  # (V,): the last position predicts the next token
+
+
+class _CapturedStep:
+    """forward_cached of T new ids at a given position, on input buffers of its own: the first call
+    runs the graph under Backend.capture, later calls write the new ids and positions into those
+    buffers and replay the plan, skipping the graph's per-op Python. The ids need no range check on
+    replay: the first call's were checked by the captured forward, and every later id is a
+    pick_token index into V logits."""
+
+    def __init__(self, model: GPT, cache, T: int):
+        self.model, self.cache = model, cache
+        backend = model.backend
+        self.ids = Tensor.from_numpy(np.zeros((1, T), np.int32), backend)
+        self.positions = Tensor.from_numpy(np.arange(T, dtype=np.int32), backend)
+        self.plan = None
+        self.out: Tensor | None = None
+
+    def logits(self, ids: Sequence[int], pos: int) -> np.ndarray:
+        """Logits (V,) after `ids` placed at positions pos.., which the cache must already hold
+        everything before."""
+        T = self.ids.shape[1]
+        self.ids.copy_from_numpy(np.array([ids], dtype=np.int32))
+        if self.positions.value_range[0] != pos:
+            self.positions.copy_from_numpy(np.arange(pos, pos + T, dtype=np.int32))
+        self.cache.length = pos
+        backend = self.model.backend
+        if self.plan is None:
+            with backend.capture() as plan:
+                self.out = self.model.forward_cached(
+                    self.ids, self.cache, last_only=True, positions=self.positions
+                )
+            self.plan = plan
+        else:
+            backend.replay(self.plan)
+            self.cache.length = pos + T  # what forward_cached would have advanced it to
+        return self.out.numpy()[0, -1]
 
 
 class TextStream:

@@ -113,12 +113,13 @@ __kernel void attention_backward_dkv(__global float* dqkv, __global const float*
 }
 
 // Cached generation, pass 1: copy this call's keys and values into slots pos..pos+T-1 of the caches
-// (B, NH, TMAX, HS).
+// (B, NH, TMAX, HS). pos is positions[0], read on the device so a captured step replays anywhere.
 __kernel void attention_cache_store(__global float* kcache, __global float* vcache,
-                                    __global const float* qkv, int B, int T, int C, int NH, int pos,
-                                    int TMAX) {
+                                    __global const float* qkv, __global const int* positions,
+                                    int B, int T, int C, int NH, int TMAX) {
     const int idx = get_global_id(0);  // element (b, t, c) of a (B, T, C) tensor
     if (idx >= B * T * C) return;
+    const int pos = positions[0];
     const int c = idx % C, t = (idx / C) % T, b = idx / (T * C);
     const int HS = C / NH, h = c / HS, i = c % HS;
     const int slot = ((b * NH + h) * TMAX + pos + t) * HS + i;
@@ -130,9 +131,10 @@ __kernel void attention_cache_store(__global float* kcache, __global float* vcac
 // cache slots 0..pos+t; `scores` (B, NH, T, TMAX) is scratch for the probability row.
 __kernel void attention_cached_forward(__global float* out, __global float* scores,
                                        __global const float* kcache, __global const float* vcache,
-                                       __global const float* qkv, int B, int T, int C, int NH,
-                                       int pos, int TMAX) {
+                                       __global const float* qkv, __global const int* positions,
+                                       int B, int T, int C, int NH, int TMAX) {
     __local float buf[LOCAL_MAX];
+    const int pos = positions[0];
     const int row = get_group_id(0), lid = get_local_id(0), L = get_local_size(0);
     const int t = row % T, bh = row / T, h = bh % NH, b = bh / NH;
     const int HS = C / NH, len = pos + t + 1;

@@ -183,5 +183,7 @@ def test_parameters_packed_by_a_second_optimizer_fail_the_first(cpu_backend):
     params = make_params(cpu_backend, np.random.default_rng(9))
     first = AdamW(params)
     AdamW(params)
-    with pytest.raises(ConfigError, match="parameter w no longer lives in this optimizer's storage"):
+    with pytest.raises(
+        ConfigError, match="parameter w no longer lives in this optimizer's storage"
+    ):
         first.step()

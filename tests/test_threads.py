@@ -104,11 +104,11 @@ def test_cached_attention_is_bit_identical_at_1_and_2_threads(cpu):
             k,
             v,
             cpu.from_numpy(qkv),
+            cpu.from_numpy(np.arange(T, dtype=np.int32)),
             B=B,
             T=T,
             C=NH * HS,
             NH=NH,
-            pos=0,
             TMAX=TMAX,
         )
         results[n] = out.tobytes()

@@ -6,7 +6,9 @@ code above this layer only passes buffers back to the backend that made them. No
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import numpy as np
@@ -20,6 +22,59 @@ BACKENDS = {
     "cpu": "femto.backend.cpu:CPUBackend",
     "opencl": "femto.backend.opencl:OpenCLBackend",
 }
+
+
+class KernelPlan:
+    """Device work recorded by a backend's capture(): each entry a function and its arguments, already
+    converted for the device (kernel launches, buffer copies and fills), re-issued by replay(). The
+    plan holds every buffer it touches, so none of them goes back to a buffer pool while it lives; a
+    replay reads what those buffers hold then and overwrites what the recorded work wrote."""
+
+    __slots__ = ("calls",)
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+
+    def __len__(self) -> int:
+        return len(self.calls)
+
+
+class Capturing:
+    """The capture()/replay() pair of both backends: while a block runs under capture(), the backend
+    appends each call it makes to the plan (and still makes it)."""
+
+    _plan: KernelPlan | None = None
+
+    @contextlib.contextmanager
+    def capture(self) -> Iterator[KernelPlan]:
+        """Record the device work of the block: run(), copy_() and zero_() calls. Reading a buffer
+        back (to_numpy) inside it is an error, since a replay could not repeat what the host did with
+        the value. Shapes, scalars and buffers are fixed: replay only the same computation, with new
+        contents written into the same input buffers."""
+        if self._plan is not None:
+            raise RuntimeError("capture() blocks do not nest")
+        plan = self._plan = KernelPlan()
+        try:
+            yield plan
+        finally:
+            self._plan = None
+
+    def _record(self, fn: Callable[..., Any], *args: Any) -> None:
+        if self._plan is not None:
+            self._plan.calls.append((fn, args))
+
+    def _forbid_readback(self) -> None:
+        if self._plan is not None:
+            raise RuntimeError(
+                "a buffer is read back inside capture(): a replay cannot repeat what the host did "
+                "with it (read results after the capture block)"
+            )
+
+    @staticmethod
+    def replay(plan: KernelPlan) -> None:
+        """Re-issue every recorded call in order, with the buffers and scalars of the capture."""
+        for fn, args in plan.calls:
+            fn(*args)
 
 
 class Backend(Protocol):
@@ -46,6 +101,10 @@ class Backend(Protocol):
         ...
 
     def run(self, name: str, *bufs: Any, **scalars: float) -> None: ...
+
+    def capture(self) -> contextlib.AbstractContextManager[KernelPlan]: ...
+
+    def replay(self, plan: KernelPlan) -> None: ...
 
     def kernel_names(self) -> set[str]: ...
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from femto.backend.base import DTYPES, dtype_name
+from femto.backend.base import DTYPES, Capturing, dtype_name
 from femto.errors import ExtensionBuildError
 
 REBUILD_HINT = "rebuild it with `pip install -e .` (or `python build_ffi.py`) in the femto checkout"
@@ -53,7 +53,7 @@ _DTYPE_NAMES = {np.dtype(np.float32): "float32", np.dtype(np.int32): "int32"}  #
 POOL_MAX_PER_SIZE = 16
 
 
-class CPUBackend:
+class CPUBackend(Capturing):
     """Buffers are flat C-contiguous numpy arrays; run() passes their addresses to the C kernel."""
 
     name = "cpu"
@@ -99,13 +99,16 @@ class CPUBackend:
         return np.array(array, dtype=array.dtype, order="C").reshape(-1)
 
     def to_numpy(self, buf: np.ndarray) -> np.ndarray:
+        self._forbid_readback()
         return buf.copy()
 
     def zero_(self, buf: np.ndarray) -> None:
         buf.fill(0)
+        self._record(buf.fill, 0)
 
     def copy_(self, dst: np.ndarray, src: np.ndarray) -> None:
         np.copyto(dst, src)
+        self._record(np.copyto, dst, src)
 
     def view(self, buf: np.ndarray, offset: int, n: int) -> np.ndarray:
         if offset % self.view_alignment or offset < 0 or offset + n > buf.size:
@@ -135,7 +138,10 @@ class CPUBackend:
                     f"{name}: buffer of dtype {buf.dtype} is not a contiguous float32/int32"
                 )
             args.append(from_buffer(c_array, buf))
-        kernel(*args, *scalars.values())
+        args.extend(scalars.values())
+        kernel(*args)
+        if self._plan is not None:
+            self._plan.calls.append((kernel, tuple(args)))
 
     def synchronize(self) -> None:
         pass

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from femto.backend.base import DTYPES, dtype_name
+from femto.backend.base import DTYPES, Capturing, dtype_name
 from femto.errors import BackendUnavailable, KernelBuildError
 
 log = logging.getLogger(__name__)
@@ -185,7 +185,7 @@ def _pow2_at_most(n: int, cap: int) -> int:
     return size
 
 
-class OpenCLBackend:
+class OpenCLBackend(Capturing):
     """Buffers live on one OpenCL device; the queue is in order, so kernels see earlier results."""
 
     name = "opencl"
@@ -243,6 +243,7 @@ class OpenCLBackend:
         return buf
 
     def to_numpy(self, buf: CLBuffer) -> np.ndarray:
+        self._forbid_readback()
         host = np.empty(buf.size, dtype=DTYPES[buf.dtype])
         if buf.size:
             self._cl.enqueue_copy(self.queue, host, buf.buf, is_blocking=True)
@@ -251,12 +252,19 @@ class OpenCLBackend:
     def zero_(self, buf: CLBuffer) -> None:
         if buf.size:
             self._cl.enqueue_fill_buffer(self.queue, buf.buf, np.uint32(0), 0, buf.nbytes)
+            self._record(
+                self._cl.enqueue_fill_buffer, self.queue, buf.buf, np.uint32(0), 0, buf.nbytes
+            )
 
     def copy_(self, dst: CLBuffer, src: CLBuffer) -> None:
         if dst.size != src.size or dst.dtype != src.dtype:
             raise TypeError(f"copy_ from {src} into {dst}: sizes and dtypes must match")
         if src.size:
             self._cl.enqueue_copy(self.queue, dst.buf, src.buf, byte_count=src.nbytes)
+            self._record(self._copy_bytes, dst.buf, src.buf, src.nbytes)
+
+    def _copy_bytes(self, dst: Any, src: Any, nbytes: int) -> None:
+        self._cl.enqueue_copy(self.queue, dst, src, byte_count=nbytes)
 
     def view(self, buf: CLBuffer, offset: int, n: int) -> CLBuffer:
         if offset % self.view_alignment or offset < 0 or n < 1 or offset + n > buf.size:
@@ -333,7 +341,9 @@ class OpenCLBackend:
             if 0 in global_size:
                 continue
             cl_args = [arg.buf if isinstance(arg, CLBuffer) else arg for arg in args]
-            self._kernel(cl_name)(self.queue, global_size, local_size, *cl_args)
+            kernel = self._kernel(cl_name)
+            kernel(self.queue, global_size, local_size, *cl_args)
+            self._record(kernel, self.queue, global_size, local_size, *cl_args)
 
 
 def _build_log(program: Any, device: Any, exc: Exception) -> str:
@@ -498,16 +508,21 @@ def _attention_backward(be, bufs, s) -> list[Launch]:
 
 
 def _attention_cached_forward(be, bufs, s) -> list[Launch]:
-    out, kcache, vcache, qkv = bufs
-    B, T, C, NH, pos, TMAX = s["B"], s["T"], s["C"], s["NH"], s["pos"], s["TMAX"]
-    sizes = [i32(B), i32(T), i32(C), i32(NH), i32(pos), i32(TMAX)]
+    out, kcache, vcache, qkv, positions = bufs
+    B, T, C, NH, TMAX = s["B"], s["T"], s["C"], s["NH"], s["TMAX"]
+    sizes = [i32(B), i32(T), i32(C), i32(NH), i32(TMAX)]
     scores = be.scratch("attention_cached_scores", B * NH * T * TMAX)
+    # sized by TMAX, not the position (which only the device reads), so a replay fits any position
     return [
-        ("attention_cache_store", *_elementwise(B * T * C), [kcache, vcache, qkv, *sizes]),
+        (
+            "attention_cache_store",
+            *_elementwise(B * T * C),
+            [kcache, vcache, qkv, positions, *sizes],
+        ),
         (
             "attention_cached_forward",
-            *_rows(be, B * NH * T, pos + T),
-            [out, scores, kcache, vcache, qkv, *sizes],
+            *_rows(be, B * NH * T, TMAX),
+            [out, scores, kcache, vcache, qkv, positions, *sizes],
         ),
     ]
 

@@ -1,6 +1,8 @@
 """Causal multi-head self-attention over a fused qkv projection, in one kernel per direction, and its
 forward-only cached form for generation (keys and values of earlier positions kept in a cache)."""
 
+import numpy as np
+
 from femto.errors import ShapeError
 from femto.graph import Op, Tensor, check_float, grad_enabled
 
@@ -65,8 +67,11 @@ class AttentionCached(Op):
     """Generation step: qkv (B, T, 3C) of new tokens at positions pos .. pos+T-1 -> out (B, T, C).
 
     kcache and vcache are (B, NH, TMAX, HS); the kernel first writes the new keys and values at
-    positions pos .. pos+T-1, then each new query attends to positions 0 .. its own. Forward only:
-    it saves nothing, and refuses to run where autograd would record it.
+    positions pos .. pos+T-1, then each new query attends to positions 0 .. its own. The kernel reads
+    pos from `positions` (T,) int32, the new tokens' position ids on the device (the model's wpe
+    lookup uses the same tensor), so a captured step can be replayed at another position by
+    rewriting that tensor; `pos` here is the host's copy, for the checks. Forward only: it saves
+    nothing, and refuses to run where autograd would record it.
     """
 
     kernels = ("attention_cached_forward",)
@@ -75,7 +80,7 @@ class AttentionCached(Op):
         super().__init__(backend)
         self.n_head, self.pos = n_head, pos
 
-    def forward(self, qkv: Tensor, kcache: Tensor, vcache: Tensor) -> Tensor:
+    def forward(self, qkv: Tensor, kcache: Tensor, vcache: Tensor, positions: Tensor) -> Tensor:
         B, T, C = qkv_sizes("attention_cached", qkv, self.n_head)
         NH = self.n_head
         for name, cache in (("kcache", kcache), ("vcache", vcache)):
@@ -91,6 +96,13 @@ class AttentionCached(Op):
                 f"attention_cached: {T} new positions at pos {self.pos} do not fit caches "
                 f"{kcache.shape} / {vcache.shape} (need equal shapes and pos + T <= TMAX={TMAX})"
             )
+        want = (self.pos, self.pos + T - 1)
+        if positions.dtype != "int32" or positions.shape != (T,) or positions.value_range != want:
+            raise ShapeError(
+                f"attention_cached: {T} new positions at pos {self.pos} need positions int32 ({T},) "
+                f"holding {want[0]}..{want[1]}, got {positions.dtype} {positions.shape} holding "
+                f"{positions.value_range}"
+            )
         out = self.output((B, T, C))
         self.backend.run(
             "attention_cached_forward",
@@ -98,20 +110,32 @@ class AttentionCached(Op):
             kcache.data,
             vcache.data,
             qkv.data,
+            positions.data,
             B=B,
             T=T,
             C=C,
             NH=NH,
-            pos=self.pos,
             TMAX=TMAX,
         )
         return out
 
-    def __call__(self, qkv: Tensor, kcache: Tensor, vcache: Tensor) -> Tensor:
+    def __call__(self, qkv: Tensor, kcache: Tensor, vcache: Tensor, positions: Tensor) -> Tensor:
         if grad_enabled() and qkv.requires_grad:
             raise RuntimeError("attention_cached is forward-only: run generation under no_grad()")
-        return super().__call__(qkv, kcache, vcache)
+        return super().__call__(qkv, kcache, vcache, positions)
 
 
-def attention_cached(qkv: Tensor, kcache: Tensor, vcache: Tensor, n_head: int, pos: int) -> Tensor:
-    return AttentionCached(qkv.backend, n_head, pos)(qkv, kcache, vcache)
+def attention_cached(
+    qkv: Tensor,
+    kcache: Tensor,
+    vcache: Tensor,
+    n_head: int,
+    pos: int,
+    positions: Tensor | None = None,
+) -> Tensor:
+    """positions: the new tokens' position ids pos .. pos+T-1 as a device tensor (T,); uploaded here
+    when not given."""
+    if positions is None:
+        T = qkv.shape[1] if qkv.ndim == 3 else 0
+        positions = Tensor.from_numpy(np.arange(pos, pos + T, dtype=np.int32), qkv.backend)
+    return AttentionCached(qkv.backend, n_head, pos)(qkv, kcache, vcache, positions)

@@ -1,0 +1,97 @@
+"""Backend.capture / replay: recorded device work re-runs on new input contents, and the model's
+cached forward replays at another position when its position tensor is rewritten."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from femto.errors import ConfigError, ShapeError
+from femto.graph import Tensor, no_grad
+from femto.model import GPT, GPTConfig
+from femto.ops import attention_cached, gelu, matmul
+
+
+def test_replay_recomputes_from_new_inputs(backend):
+    rng = np.random.default_rng(0)
+    x = Tensor.from_numpy(rng.standard_normal((5, 4)).astype(np.float32), backend)
+    w = Tensor.from_numpy(rng.standard_normal((3, 4)).astype(np.float32), backend)
+    scratch = Tensor.zeros((5, 3), backend)
+    with no_grad(), backend.capture() as plan:
+        y = gelu(matmul(x, w))
+        backend.copy_(scratch.data, y.data)  # copies and fills are recorded too
+        backend.zero_(y.data)
+    assert len(plan) >= 4
+    for _ in range(2):
+        new_x = rng.standard_normal((5, 4)).astype(np.float32)
+        x.copy_from_numpy(new_x)
+        backend.replay(plan)
+        with no_grad():
+            want = gelu(matmul(Tensor.from_numpy(new_x, backend), w)).numpy()
+        np.testing.assert_array_equal(scratch.numpy(), want)
+        np.testing.assert_array_equal(y.numpy(), np.zeros((5, 3), np.float32))
+
+
+def test_capture_refuses_readback_and_nesting(backend):
+    t = Tensor.zeros((2,), backend)
+    with pytest.raises(RuntimeError, match="read back inside capture"), backend.capture():
+        t.numpy()
+    with pytest.raises(RuntimeError, match="do not nest"), backend.capture(), backend.capture():
+        pass
+    t.numpy()  # after the block, reading back works again
+
+
+def test_captured_pool_buffers_are_not_handed_out_again(cpu_backend):
+    x = Tensor.from_numpy(np.ones((4, 4), np.float32), cpu_backend)
+    with no_grad(), cpu_backend.capture() as plan:
+        inner = gelu(x)
+        kept = inner.data
+        del inner  # dies inside the plan: its buffer must stay the plan's
+    fresh = [Tensor.empty((4, 4), cpu_backend) for _ in range(4)]
+    assert all(t.data is not kept for t in fresh)
+    assert len(plan) == 1
+
+
+CFG = GPTConfig(vocab_size=13, block_size=8, n_layer=2, n_head=2, n_embd=8)
+
+
+def test_cached_step_replays_at_other_positions(backend):
+    model = GPT(CFG, backend, np.random.default_rng(0))
+    seq = [3, 1, 4, 1, 5, 9, 2]
+    with no_grad():
+        reference = model.forward_cached(np.array([seq], np.int32), model.new_cache(1)).numpy()
+        cache = model.new_cache(1)
+        model.forward_cached(np.array([seq[:2]], np.int32), cache)
+        ids = Tensor.from_numpy(np.array([[seq[2]]], np.int32), backend)
+        positions = Tensor.from_numpy(np.array([2], np.int32), backend)
+        with backend.capture() as plan:
+            out = model.forward_cached(ids, cache, positions=positions)
+        got = [out.numpy()[0, 0]]
+        for pos in range(3, len(seq)):
+            ids.copy_from_numpy(np.array([[seq[pos]]], np.int32))
+            positions.copy_from_numpy(np.array([pos], np.int32))
+            backend.replay(plan)
+            got.append(out.numpy()[0, 0])
+    np.testing.assert_allclose(np.array(got), reference[0, 2:], rtol=1e-5, atol=1e-6)
+
+
+def test_cached_forward_checks_its_positions(cpu_backend):
+    model = GPT(CFG, cpu_backend, np.random.default_rng(0))
+    ids = np.array([[1, 2]], np.int32)
+    with no_grad():
+        cache = model.new_cache(1)
+        wrong = Tensor.from_numpy(np.array([1, 2], np.int32), cpu_backend)
+        with pytest.raises(
+            ConfigError, match=r"positions must hold 0..1 as \(2,\), got \(2,\) holding \(1, 2\)"
+        ):
+            model.forward_cached(ids, cache, positions=wrong)
+        cache.length = 7
+        late = Tensor.from_numpy(np.array([7, 8], np.int32), cpu_backend)
+        with pytest.raises(ConfigError, match="exceeds block_size 8"):
+            model.forward_cached(ids, cache, positions=late)
+        qkv = Tensor.zeros((1, 2, 12), cpu_backend)
+        kv = Tensor.zeros((1, 2, 4, 2), cpu_backend)
+        with pytest.raises(ShapeError, match=r"need positions int32 \(2,\) holding 1..2"):
+            attention_cached(
+                qkv, kv, kv, 2, 1, Tensor.from_numpy(np.array([0, 1], np.int32), cpu_backend)
+            )
