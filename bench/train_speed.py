@@ -61,16 +61,17 @@ def femto_trainer(cfg: dict[str, int], threads: int):
     from femto.backend.cpu import CPUBackend
     from femto.model import GPT, GPTConfig
     from femto.optim import AdamW
+    from femto.train import TrainStep
 
     backend = CPUBackend(num_threads=threads)
     model_cfg = GPTConfig(**{k: v for k, v in cfg.items() if k != "batch_size"}, dropout=0.0)
     model = GPT(model_cfg, backend, np.random.default_rng(0))
     optimizer = AdamW(model.params, lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1, grad_clip=1.0)
+    micro_step = TrainStep(model)  # what `femto train` runs: forward + backward, replayed
+    rng = np.random.default_rng(0)
 
     def step(x: np.ndarray, y: np.ndarray) -> float:
-        _, loss = model(x, y)
-        loss.backward()
-        value = loss.item()
+        value = micro_step(x, y, rng)
         optimizer.step()
         model.zero_grad()
         return value

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
 import threading
 import weakref
 from collections.abc import Iterator, Sequence
@@ -111,11 +110,11 @@ class Tensor:
         t.pooled = True
         return t
 
-    def __del__(self, _refcount=sys.getrefcount) -> None:
-        # Hand the buffer back for reuse by the next step's tensor of the same size. Two references
-        # (this slot and the call's argument) mean nothing else holds it: no other Tensor sharing
-        # it, no numpy view of it. Backends without a pool (no release method) just free it.
-        if self.pooled and _refcount(self.data) == 2:
+    def __del__(self) -> None:
+        # Offer the buffer back for reuse by a later tensor of the same size; the backend takes it
+        # only if nothing else holds it (another Tensor sharing it, a numpy view, a kernel plan).
+        # Backends without a pool (no release method) just free it.
+        if self.pooled:
             release = getattr(self.backend, "release", None)
             if release is not None:
                 release(self.data)

@@ -95,3 +95,76 @@ def test_cached_forward_checks_its_positions(cpu_backend):
             attention_cached(
                 qkv, kv, kv, 2, 1, Tensor.from_numpy(np.array([0, 1], np.int32), cpu_backend)
             )
+
+
+def test_a_plan_reuses_its_own_dead_buffers_and_never_lends_them(cpu_backend):
+    x = Tensor.from_numpy(np.ones(7, np.float32), cpu_backend)
+    with no_grad(), cpu_backend.capture() as plan:
+        first = gelu(x)
+        first_id = id(first.data)
+        del first  # dies inside the capture: back to the plan's own free list
+        second = gelu(x)
+    assert id(second.data) == first_id  # reused within the plan, as the graph would
+    del second  # dies after the capture: the plan still uses it, so no pool may hand it out
+    later = [Tensor.empty((7,), cpu_backend) for _ in range(3)]
+    assert not any(id(t.data) in plan.keep for t in later)
+
+
+TRAIN_CFG = GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8)
+
+
+def _batches(n):
+    rng = np.random.default_rng(3)
+    windows = rng.integers(0, 11, (n, 4, 9)).astype(np.int32)
+    return [(w[:, :-1].copy(), w[:, 1:].copy()) for w in windows]
+
+
+def test_replayed_training_steps_match_the_graph_bit_for_bit(backend):
+    from femto.optim import AdamW
+    from femto.train import TrainStep
+
+    graph_model = GPT(TRAIN_CFG, backend, np.random.default_rng(0))
+    replay_model = GPT(TRAIN_CFG, backend, np.random.default_rng(0))
+    graph_opt, replay_opt = AdamW(graph_model.params), AdamW(replay_model.params)
+    step, rng = TrainStep(replay_model), np.random.default_rng(0)
+    for x, y in _batches(4):
+        _, loss = graph_model(x, y)
+        loss.backward()
+        assert step(x, y, rng) == loss.item()
+        for model, opt in ((graph_model, graph_opt), (replay_model, replay_opt)):
+            opt.step()
+            model.zero_grad()
+    for name, p in graph_model.params.items():
+        np.testing.assert_array_equal(replay_model.params[name].numpy(), p.numpy(), err_msg=name)
+
+
+def test_a_replayed_step_still_rejects_bad_ids(cpu_backend):
+    from femto.errors import TokenIdError
+    from femto.train import TrainStep
+
+    model = GPT(TRAIN_CFG, cpu_backend, np.random.default_rng(0))
+    step, rng = TrainStep(model), np.random.default_rng(0)
+    (x, y), (x2, y2) = _batches(2)
+    step(x, y, rng)  # captured
+    x2[1, 3] = 11
+    with pytest.raises(TokenIdError, match="token id 11"):
+        step(x2, y2, rng)
+    y2[0, 0] = -1
+    x2[1, 3] = 0
+    with pytest.raises(TokenIdError, match="target id -1"):
+        step(x2, y2, rng)
+
+
+def test_dropout_steps_run_the_graph_with_fresh_masks(cpu_backend):
+    from dataclasses import replace
+
+    from femto.train import TrainStep
+
+    model = GPT(replace(TRAIN_CFG, dropout=0.5), cpu_backend, np.random.default_rng(0))
+    step = TrainStep(model)
+    (x, y), _ = _batches(2)
+    rng = np.random.default_rng(0)
+    losses = [step(x, y, rng) for _ in range(3)]  # same batch, a new mask each time
+    assert len(set(losses)) == 3
+    rng = np.random.default_rng(0)
+    assert [step(x, y, rng) for _ in range(3)] == losses  # the seeds come from rng: reproducible

@@ -30,10 +30,15 @@ class KernelPlan:
     plan holds every buffer it touches, so none of them goes back to a buffer pool while it lives; a
     replay reads what those buffers hold then and overwrites what the recorded work wrote."""
 
-    __slots__ = ("calls",)
+    __slots__ = ("calls", "free", "keep")
 
     def __init__(self) -> None:
         self.calls: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+        # for backends whose calls hold raw addresses (the CPU's): one reference to every buffer
+        # the plan touches, by id, and the plan's own free list (buffers whose tensors died during
+        # the capture, reused within it and by nothing else, as CUDA graphs' private pools are)
+        self.keep: dict[int, Any] = {}
+        self.free: dict[tuple[str, int], list[Any]] = {}
 
     def __len__(self) -> int:
         return len(self.calls)

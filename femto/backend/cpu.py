@@ -6,8 +6,10 @@ checkout), so a stale build fails loudly instead of running old kernels.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import pathlib
+import sys
 from typing import Any
 
 import numpy as np
@@ -77,6 +79,11 @@ class CPUBackend(Capturing):
         return int(_cpu.lib.femto_get_num_threads())
 
     def empty(self, n: int, dtype: str = "float32") -> np.ndarray:
+        plan = self._plan
+        if plan is not None:  # capturing: the plan's own dead buffers first
+            free = plan.free.get((dtype, n))
+            if free:
+                return free.pop()
         free = self._free.get((dtype, n))
         if free:
             return free.pop()
@@ -84,13 +91,22 @@ class CPUBackend(Capturing):
 
     def zeros(self, n: int, dtype: str = "float32") -> np.ndarray:
         buf = self.empty(n, dtype)
-        buf.fill(0)
+        self.zero_(buf)  # through zero_, so a capture records the fill
         return buf
 
-    def release(self, buf: np.ndarray) -> None:
-        """Take back a buffer that its tensor no longer uses (graph.Tensor calls this when it dies and
-        holds the only reference); a later empty() or zeros() of the same size reuses it."""
-        free = self._free.setdefault((_DTYPE_NAMES[buf.dtype], buf.size), [])
+    def release(self, buf: np.ndarray, _refcount=sys.getrefcount) -> None:
+        """Take back the buffer of a tensor that died (graph.Tensor calls this), unless something else
+        still holds it: another tensor, a numpy view, a kernel plan. A later empty() or zeros() of
+        the same size reuses it. A buffer a plan holds goes back only to that plan's own free list,
+        and only while the plan is being captured: its replays reuse it exactly as the capture did,
+        and nothing outside the plan ever gets it."""
+        holders = _refcount(buf) - 3  # beyond the dying tensor, this argument and _refcount's own
+        if holders == 0:
+            free = self._free.setdefault((_DTYPE_NAMES[buf.dtype], buf.size), [])
+        elif holders == 1 and self._plan is not None and id(buf) in self._plan.keep:
+            free = self._plan.free.setdefault((_DTYPE_NAMES[buf.dtype], buf.size), [])
+        else:
+            return
         if len(free) < POOL_MAX_PER_SIZE:
             free.append(buf)
 
@@ -104,11 +120,23 @@ class CPUBackend(Capturing):
 
     def zero_(self, buf: np.ndarray) -> None:
         buf.fill(0)
-        self._record(buf.fill, 0)
+        if self._plan is not None:
+            self._keep(buf)
+            self._plan.calls.append((ctypes.memset, (buf.ctypes.data, 0, buf.nbytes)))
 
     def copy_(self, dst: np.ndarray, src: np.ndarray) -> None:
         np.copyto(dst, src)
-        self._record(np.copyto, dst, src)
+        if self._plan is not None:
+            self._keep(dst)
+            self._keep(src)
+            self._plan.calls.append(
+                (ctypes.memmove, (dst.ctypes.data, src.ctypes.data, src.nbytes))
+            )
+
+    def _keep(self, buf: np.ndarray) -> None:
+        """Hold one reference to `buf` in the plan being captured: its calls hold bare addresses
+        (so the plan's count of references stays one, which release() relies on)."""
+        self._plan.keep.setdefault(id(buf), buf)
 
     def view(self, buf: np.ndarray, offset: int, n: int) -> np.ndarray:
         if offset % self.view_alignment or offset < 0 or offset + n > buf.size:
@@ -141,7 +169,13 @@ class CPUBackend(Capturing):
         args.extend(scalars.values())
         kernel(*args)
         if self._plan is not None:
-            self._plan.calls.append((kernel, tuple(args)))
+            for buf in bufs:
+                if buf is not None:
+                    self._keep(buf)
+            # bare pointers: a from_buffer object would hold its array a second time
+            cast = _cpu.ffi.cast
+            pointers = [cast("void *", a) if i < len(bufs) else a for i, a in enumerate(args)]
+            self._plan.calls.append((kernel, tuple(pointers)))
 
     def synchronize(self) -> None:
         pass
