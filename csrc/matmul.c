@@ -89,6 +89,9 @@ static inline vf v_add(vf a, vf b) {
 #define NC 128
 /* Below this many multiply-adds a parallel region costs more than it saves. */
 #define SERIAL_MACS 65536
+/* Forward products of at most GEMV_ROWS rows skip the GEMM for dot products, GEMV_OB outputs at a time */
+#define GEMV_ROWS 4
+#define GEMV_OB 8
 
 /* One register tile: C[0:mr, 0:nv*VW] = init + A[0:mr, 0:kc] @ Bpanel, storing `lanes` lanes of the
  * last vector. A(r,k) is a[r*lda + k] (row-major, read in place) or a[k*MR + r] (packed); the panel
@@ -342,8 +345,54 @@ static void gemm(const gemm_args* g) {
     }
 }
 
+/* The sum of a vector's lanes as a fixed pairwise tree (the same order at any thread count). */
+static inline float lanes_sum(vf x) {
+    float a[VW];
+    v_store(a, x);
+    for (int w = VW / 2; w > 0; w /= 2)
+        for (int i = 0; i < w; i++) a[i] += a[i + w];
+    return a[0];
+}
+
+/* GEMV_OB outputs of one input row: dot products of x (C) with weight rows o0.., both contiguous */
+static inline void gemv_block(float* out, const float* x, const float* weight, const float* bias,
+                              size_t C, size_t o0, size_t on) {
+    vf acc[GEMV_OB];
+    for (int u = 0; u < GEMV_OB; u++) acc[u] = v_zero();
+    const float* w = weight + o0 * C;
+    size_t k = 0;
+    if (on == GEMV_OB) { /* constant trip counts: the accumulators stay in registers */
+        for (; k + VW <= C; k += VW) {
+            const vf xv = v_load(x + k);
+            for (int u = 0; u < GEMV_OB; u++) acc[u] = v_fma(xv, v_load(w + u * C + k), acc[u]);
+        }
+    } else {
+        for (; k + VW <= C; k += VW) {
+            const vf xv = v_load(x + k);
+            for (size_t u = 0; u < on; u++) acc[u] = v_fma(xv, v_load(w + u * C + k), acc[u]);
+        }
+    }
+    if (k < C) {
+        const int lanes = (int)(C - k);
+        const vf xv = v_loadn(x + k, lanes);
+        for (size_t u = 0; u < on; u++) acc[u] = v_fma(xv, v_loadn(w + u * C + k, lanes), acc[u]);
+    }
+    for (size_t u = 0; u < on; u++) out[o0 + u] = (bias ? bias[o0 + u] : 0.0f) + lanes_sum(acc[u]);
+}
+
 void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, size_t N,
                     size_t C, size_t OC) {
+    if (N <= GEMV_ROWS) {
+        /* A few rows (generation's one-token steps): the weights are read once, in place, where the
+         * GEMM would first pack (transpose) all of them to use each column N times. */
+        const size_t nblocks = (OC + GEMV_OB - 1) / GEMV_OB;
+#pragma omp parallel for schedule(static) if (N * C * OC >= SERIAL_MACS)
+        for (size_t b = 0; b < nblocks; b++) {
+            const size_t o0 = b * GEMV_OB, on = min_sz(GEMV_OB, OC - o0);
+            for (size_t r = 0; r < N; r++) gemv_block(out + r * OC, inp + r * C, weight, bias, C, o0, on);
+        }
+        return;
+    }
     /* out (N, OC) = inp (N, C) @ weight^T, weight read as B(c, o) = weight[o*C + c] */
     const gemm_args g = {N, OC, C, inp, C, 1, weight, C, 0, out, OC, bias, 0};
     gemm(&g);

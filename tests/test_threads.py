@@ -31,6 +31,12 @@ def _cases(rng: np.random.Generator):
     return {
         "matmul": (matmul, [normal((67, 45)), normal((37, 45)), normal(37)], (0, 1, 2)),
         "matmul_no_bias": (matmul, [normal((67, 45)), normal((37, 45)), None], (0, 1)),
+        # three rows: the forward's dot-product path, split over output blocks
+        "matmul_few_rows": (
+            matmul,
+            [normal((3, 300)), normal((1000, 300)), normal(1000)],
+            (0, 1, 2),
+        ),
         "embedding": (embedding, [ids, normal((5, 67))], (1,)),
         "add": (add, [normal((3, 17, 29)), normal((17, 29))], (0, 1)),
         "add_bias": (add, [normal((51, 29)), normal(29)], (0, 1)),

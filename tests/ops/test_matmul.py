@@ -124,3 +124,22 @@ def test_backward_kernel_overwrites_or_accumulates_dinp(backend, rng, N, C, OC):
         assert_close(got[0], dx.reshape(-1) + acc, 1e-3, f"dinp (accumulate_dinp={acc})")
         assert_close(got[1], dw.reshape(-1) + 1, 1e-3, "dweight")
         assert_close(got[2], db + 1, 1e-3, "dbias")
+
+
+@pytest.mark.parametrize(
+    "N", [1, 2, 4, 5]
+)  # up to 4 rows the forward takes dot products, not the GEMM
+@pytest.mark.parametrize("C,OC", [(1, 1), (15, 7), (16, 8), (17, 9), (130, 65), (256, 1000)])
+def test_few_row_forward_matches_reference(backend, N, C, OC):
+    rng = np.random.default_rng(N * 1000 + C)
+    x = rng.standard_normal((N, C)).astype(np.float32)
+    w = (rng.standard_normal((OC, C)) / np.sqrt(C)).astype(np.float32)
+    for b in (rng.standard_normal(OC).astype(np.float32), None):
+        out = matmul(
+            *(Tensor.from_numpy(a, backend) for a in (x, w)),
+            None if b is None else Tensor.from_numpy(b, backend),
+        ).numpy()
+        want = ref.matmul_forward(
+            x.astype(float), w.astype(float), None if b is None else b.astype(float)
+        )
+        assert_close(out, want, 1e-4, f"forward N={N} bias={b is not None}")
