@@ -240,6 +240,10 @@ class TrainStep:
         self.model = model
         # (B, T) -> (ids, targets, loss, plan) of that shape's capture
         self._captures: dict[tuple[int, ...], tuple[Tensor, Tensor, Tensor, object]] = {}
+        self._buffers: list = []  # the parameters' data and gradient buffers the captures use
+
+    def _parameter_buffers(self) -> list:
+        return [b for p in self.model.params.values() for b in (p.data, p.grad)]
 
     def __call__(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> float:
         """The mean loss of batch x (B, T) against targets y, after adding its gradients."""
@@ -248,6 +252,13 @@ class TrainStep:
             _, loss = model(x, y, rng)
             loss.backward()
             return loss.item()
+        buffers = self._parameter_buffers()
+        if len(buffers) != len(self._buffers) or any(
+            a is not b for a, b in zip(buffers, self._buffers)
+        ):
+            # new parameter or gradient buffers (an optimizer packed them after a capture, or a
+            # gradient was dropped): the plans would update the old ones, so capture afresh
+            self._captures.clear()
         captured = self._captures.get(x.shape)
         if captured is not None:
             ids, targets, loss, plan = captured
@@ -266,6 +277,7 @@ class TrainStep:
             _, loss = model(ids, targets, rng)
             loss.backward()
         self._captures[x.shape] = (ids, targets, loss, plan)
+        self._buffers = self._parameter_buffers()  # after backward: it may have made gradients
         return loss.item()
 
 

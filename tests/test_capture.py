@@ -168,3 +168,26 @@ def test_dropout_steps_run_the_graph_with_fresh_masks(cpu_backend):
     assert len(set(losses)) == 3
     rng = np.random.default_rng(0)
     assert [step(x, y, rng) for _ in range(3)] == losses  # the seeds come from rng: reproducible
+
+
+def test_a_step_captured_before_the_optimizer_packs_the_parameters_captures_again(cpu_backend):
+    from femto.optim import AdamW
+    from femto.train import TrainStep
+
+    graph_model = GPT(TRAIN_CFG, cpu_backend, np.random.default_rng(0))
+    replay_model = GPT(TRAIN_CFG, cpu_backend, np.random.default_rng(0))
+    step, rng = TrainStep(replay_model), np.random.default_rng(0)
+    (x, y), (x2, y2) = _batches(2)
+    step(x, y, rng)  # captured on the parameters' first buffers, with fresh gradients
+    _, loss = graph_model(x, y)
+    loss.backward()
+    graph_opt, replay_opt = AdamW(graph_model.params), AdamW(replay_model.params)  # packs them
+    for opt in (graph_opt, replay_opt):
+        opt.step()
+    for model in (graph_model, replay_model):
+        model.zero_grad()
+    _, loss = graph_model(x2, y2)
+    loss.backward()
+    assert step(x2, y2, rng) == loss.item()
+    for name, p in graph_model.params.items():
+        np.testing.assert_array_equal(replay_model.params[name].grad.numpy(), p.grad.numpy())
