@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 import math
 import pathlib
+import threading
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -131,31 +133,56 @@ def generate(
         raise ConfigError(f"generate needs 1..{block_size} prompt tokens, got {len(ids)}")
     if temperature > 0 and rng is None:
         raise ConfigError("sampling with temperature > 0 needs a seeded np.random.Generator")
+    if not use_cache:
+        with no_grad():
+            return _generate(model, ids, max_new_tokens, temperature, top_k, rng, on_token, None)
+    generation = _generation_of(model)
+    with generation.lock, no_grad():
+        return _generate(model, ids, max_new_tokens, temperature, top_k, rng, on_token, generation)
+
+
+def _generate(
+    model: GPT,
+    ids: list[int],
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    rng: np.random.Generator | None,
+    on_token: Callable[[int], None] | None,
+    generation: _Generation | None,
+) -> list[int]:
+    """generate()'s loop, under no_grad; without a generation state, every token recomputes the
+    window through the graph."""
+    block_size = model.config.block_size
     new: list[int] = []
-    with no_grad():
-        cache = model.new_cache(1) if use_cache else None
-        # one captured forward for the full window, one for a single-token step
-        window = _CapturedStep(model, cache, block_size) if cache is not None else None
-        step = _CapturedStep(model, cache, 1) if cache is not None else None
-        logits = _window_logits(model, ids, cache)
-        for _ in range(max_new_tokens):
-            token = pick_token(logits, temperature, top_k, rng)
-            ids.append(token)
-            new.append(token)
-            if on_token is not None:
-                on_token(token)
-            if len(new) == max_new_tokens:
-                break
-            if cache is not None and cache.length < block_size:
-                logits = step.logits([token], cache.length)
-            else:
-                # The window is full, so it slides: every token moves to a new position, and the
-                # positions are learned absolute embeddings, so every cached key and value is stale.
-                # Recompute the cache from the last block_size tokens (what nanoGPT's crop does).
-                if window is not None:
-                    logits = window.logits(ids[-block_size:], 0)
-                else:
-                    logits = _window_logits(model, ids[-block_size:], None)
+    if generation is None:
+        logits = _window_logits(model, ids, None)
+    else:
+        cache, window, step = generation.cache, generation.window, generation.step
+        V = model.config.vocab_size
+        if len(ids) in (1, block_size) and all(0 <= i < V for i in ids):
+            # the captured forwards start a prompt of one token or a full window; an id outside
+            # the vocabulary goes to the graph instead, whose embedding names it
+            logits = (step if len(ids) == 1 else window).logits(model, ids, 0)
+        else:
+            logits = _window_logits(model, ids, cache)
+    for _ in range(max_new_tokens):
+        token = pick_token(logits, temperature, top_k, rng)
+        ids.append(token)
+        new.append(token)
+        if on_token is not None:
+            on_token(token)
+        if len(new) == max_new_tokens:
+            break
+        if generation is not None and cache.length < block_size:
+            logits = step.logits(model, [token], cache.length)
+        elif generation is not None:
+            # The window is full, so it slides: every token moves to a new position, and the
+            # positions are learned absolute embeddings, so every cached key and value is stale.
+            # Recompute the cache from the last block_size tokens (what nanoGPT's crop does).
+            logits = window.logits(model, ids[-block_size:], 0)
+        else:
+            logits = _window_logits(model, ids[-block_size:], None)
     return new
 
 
@@ -175,17 +202,16 @@ class _CapturedStep:
     runs the graph under Backend.capture, later calls write the new ids and positions into those
     buffers and replay the plan, skipping the graph's per-op Python. The ids need no range check on
     replay: the first call's were checked by the captured forward, and every later id is a
-    pick_token index into V logits."""
+    pick_token index into V logits (or a prompt id generate() checked)."""
 
-    def __init__(self, model: GPT, cache, T: int):
-        self.model, self.cache = model, cache
-        backend = model.backend
+    def __init__(self, backend, cache, T: int):
+        self.cache = cache
         self.ids = Tensor.from_numpy(np.zeros((1, T), np.int32), backend)
         self.positions = Tensor.from_numpy(np.arange(T, dtype=np.int32), backend)
         self.plan = None
         self.out: Tensor | None = None
 
-    def logits(self, ids: Sequence[int], pos: int) -> np.ndarray:
+    def logits(self, model: GPT, ids: Sequence[int], pos: int) -> np.ndarray:
         """Logits (V,) after `ids` placed at positions pos.., which the cache must already hold
         everything before."""
         T = self.ids.shape[1]
@@ -193,10 +219,10 @@ class _CapturedStep:
         if self.positions.value_range[0] != pos:
             self.positions.copy_from_numpy(np.arange(pos, pos + T, dtype=np.int32))
         self.cache.length = pos
-        backend = self.model.backend
+        backend = model.backend
         if self.plan is None:
             with backend.capture() as plan:
-                self.out = self.model.forward_cached(
+                self.out = model.forward_cached(
                     self.ids, self.cache, last_only=True, positions=self.positions
                 )
             self.plan = plan
@@ -204,6 +230,35 @@ class _CapturedStep:
             backend.replay(self.plan)
             self.cache.length = pos + T  # what forward_cached would have advanced it to
         return self.out.numpy()[0, -1]
+
+
+class _Generation:
+    """What generate() keeps for a model between calls: a batch-1 cache and the captured forwards
+    of a full window and of one token, valid while the model's parameters keep the buffers they
+    were captured with. It holds no reference to the model (it is kept in a weak mapping by it)."""
+
+    def __init__(self, model: GPT):
+        self.buffers = [p.data for p in model.params.values()]
+        self.cache = model.new_cache(1)
+        self.window = _CapturedStep(model.backend, self.cache, model.config.block_size)
+        self.step = _CapturedStep(model.backend, self.cache, 1)
+        self.lock = threading.Lock()  # one generation at a time uses the cache
+
+    def is_current(self, model: GPT) -> bool:
+        params = model.params.values()
+        return len(params) == len(self.buffers) and all(
+            p.data is b for p, b in zip(params, self.buffers)
+        )
+
+
+_GENERATIONS: weakref.WeakKeyDictionary[GPT, _Generation] = weakref.WeakKeyDictionary()
+
+
+def _generation_of(model: GPT) -> _Generation:
+    generation = _GENERATIONS.get(model)
+    if generation is None or not generation.is_current(model):
+        generation = _GENERATIONS[model] = _Generation(model)
+    return generation
 
 
 class TextStream:

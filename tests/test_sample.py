@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from femto.errors import ConfigError, ShapeError, TokenizerError
+from femto.errors import ConfigError, ShapeError, TokenIdError, TokenizerError
 from femto.graph import Tensor, no_grad
 from femto.model import GPT, GPTConfig
 from femto.ops import attention_cached
@@ -112,3 +112,29 @@ def test_attention_cached_checks_shapes(cpu_backend):
             attention_cached(qkv, Tensor.zeros((1, 2, 4, 3), cpu_backend), cache, 2, 0)
         out = attention_cached(qkv, cache, cache, 2, 2)
     assert out.shape == (1, 2, 4)
+
+
+@pytest.mark.parametrize("prompt_length", [1, CFG.block_size])  # the captured forwards start these
+def test_captured_prompts_give_the_tokens_of_full_recomputation(model, prompt_length):
+    prompt = [int(i) % CFG.vocab_size for i in range(3, 3 + prompt_length)]
+    cached = generate(model, prompt, 20, 0.9, None, np.random.default_rng(2))
+    full = generate(model, prompt, 20, 0.9, None, np.random.default_rng(2), use_cache=False)
+    assert cached == full
+
+
+def test_generation_state_is_reused_and_renewed_when_parameters_move(cpu_backend):
+    from femto.optim import AdamW
+    from femto.sample import _GENERATIONS
+
+    model = GPT(CFG, cpu_backend, np.random.default_rng(0))
+    first = generate(model, [1, 2], 30, 0.0)
+    state = _GENERATIONS[model]
+    assert generate(model, [1, 2], 30, 0.0) == first and _GENERATIONS[model] is state
+    AdamW(model.params)  # packs the parameters into new buffers: the captures would read the old
+    assert generate(model, [1, 2], 30, 0.0) == first
+    assert _GENERATIONS[model] is not state
+
+
+def test_a_prompt_id_outside_the_vocabulary_is_named(model):
+    with pytest.raises(TokenIdError, match=f"token id {CFG.vocab_size}"):
+        generate(model, [CFG.vocab_size], 3, 0.0)
