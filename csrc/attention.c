@@ -1,6 +1,5 @@
 /* attention.c: causal multi-head self-attention over a fused qkv; shapes in femto/ops/attention.py. */
 #include <math.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "femto.h"
@@ -13,9 +12,9 @@
  * live in an ATT_QB x ATT_KB scratch on the stack, so no (T, T) buffer beyond att is needed. */
 #define ATT_QB 24
 #define ATT_KB 128
-/* the largest (B, NH, T, T) probability scratch attention_cached_forward allocates for a fresh
- * window, in floats (4 MiB); past it, the online softmax needs none */
-#define CACHED_FRESH_MAX ((size_t)1 << 20)
+/* the longest fresh window attention_cached_forward gives a (T, T) probability scratch on the stack
+ * (64 KiB); past it, the online softmax needs none */
+#define CACHED_FRESH_T_MAX 128
 
 /* Row t of the probabilities, in place: p[j] = softmax_j(scale * p[j]) over keys j <= t, and 0 for
  * the masked keys j > t. Keys go 16 at a time (vec16) up to the 16-key group holding key t, masked
@@ -198,19 +197,17 @@ void attention_cached_forward(float* out, float* kcache, float* vcache, const fl
     }
     /* A fresh window (pos 0) is plain causal attention over the new tokens: attention_forward's
      * blocked softmax (whole vectorised rows, one pass) beats the online one below by about 1.7x at
-     * small T, for a (T, T) probability scratch per head, allocated here while it stays small. */
-    float* att = NULL;
-    if (pos == 0 && B * NH * T * T <= CACHED_FRESH_MAX) att = malloc(B * NH * T * T * sizeof(float));
-    if (att) {
+     * small T, for a (T, T) probability scratch per head, on the stack while it stays small (a heap
+     * block that size would be mapped and faulted in afresh on every call). */
+    if (pos == 0 && T <= CACHED_FRESH_T_MAX) {
 #pragma omp parallel for collapse(2) schedule(static) if (work >= FEMTO_PARALLEL_MIN)
         for (size_t b = 0; b < B; b++) {
             for (size_t h = 0; h < NH; h++) {
+                float att_bh[T * T];
                 const float* q = qkv + b * T * 3 * C + h * HS;
-                attend_head(out + b * T * C + h * HS, att + (b * NH + h) * T * T, q, q + C, q + 2 * C,
-                            T, C, HS, scale);
+                attend_head(out + b * T * C + h * HS, att_bh, q, q + C, q + 2 * C, T, C, HS, scale);
             }
         }
-        free(att);
         return;
     }
     /* The same blocked products as attention_forward, but keys come ATT_KB at a time with an online
