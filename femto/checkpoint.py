@@ -33,10 +33,11 @@ _F32 = np.dtype("<f4")
 # ---- safetensors ----
 
 
-def encode_safetensors(
+def safetensors_pieces(
     tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None
-) -> bytes:
-    """The safetensors bytes: u64 little-endian header length, JSON header, then the raw F32 data.
+) -> list[bytes | memoryview]:
+    """The safetensors file as pieces to write in turn: u64 little-endian header length, JSON header,
+    then each tensor's raw F32 data, viewed in place (a checkpoint is never copied whole in memory).
 
     The header is padded with spaces to a multiple of 8 bytes, as the reference writer does, so every
     tensor starts aligned.
@@ -44,25 +45,32 @@ def encode_safetensors(
     header: dict[str, object] = {}
     if metadata:
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
-    chunks: list[bytes] = []
+    chunks: list[memoryview] = []
     offset = 0
     for name in sorted(tensors):
         array = np.ascontiguousarray(tensors[name], dtype=_F32)
-        raw = array.tobytes()
+        raw = memoryview(array.reshape(-1).view(np.uint8))  # the bytes, in place
         header[name] = {
             "dtype": "F32",
             "shape": list(array.shape),
-            "data_offsets": [offset, offset + len(raw)],
+            "data_offsets": [offset, offset + raw.nbytes],
         }
         chunks.append(raw)
-        offset += len(raw)
+        offset += raw.nbytes
     header_bytes = json.dumps(header, separators=(",", ":")).encode("utf-8")
     header_bytes += b" " * (-len(header_bytes) % 8)
-    return len(header_bytes).to_bytes(8, "little") + header_bytes + b"".join(chunks)
+    return [len(header_bytes).to_bytes(8, "little") + header_bytes, *chunks]
+
+
+def encode_safetensors(
+    tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None
+) -> bytes:
+    """The safetensors bytes in one piece (see safetensors_pieces)."""
+    return b"".join(bytes(piece) for piece in safetensors_pieces(tensors, metadata))
 
 
 def save_safetensors(path: pathlib.Path, tensors: dict[str, np.ndarray], metadata=None) -> None:
-    write_atomic(path, encode_safetensors(tensors, metadata))
+    write_atomic(path, safetensors_pieces(tensors, metadata))
 
 
 def decode_safetensors(buf: bytes, source: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -254,8 +262,8 @@ def save_checkpoint(
         "femto_format_version": str(FORMAT_VERSION),
     }
     contents = {
-        MODEL_FILE: encode_safetensors(weights, meta),
-        OPTIMIZER_FILE: encode_safetensors(optimizer_state, meta),
+        MODEL_FILE: safetensors_pieces(weights, meta),
+        OPTIMIZER_FILE: safetensors_pieces(optimizer_state, meta),
         CONFIG_FILE: (json.dumps(state.to_json(), indent=2) + "\n").encode("utf-8"),
     }
     for name, data in contents.items():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pathlib
 import tempfile
+from collections.abc import Iterable
 
 
 def fsync_directory(directory: pathlib.Path) -> None:
@@ -25,15 +26,17 @@ def fsync_directory(directory: pathlib.Path) -> None:
         os.close(fd)
 
 
-def write_synced(path: pathlib.Path, data: bytes) -> None:
-    """Write `data` to `path` and fsync it (no rename: for files the caller renames later)."""
+def write_synced(path: pathlib.Path, data: bytes | Iterable[bytes | memoryview]) -> None:
+    """Write `data` (bytes, or pieces written in turn, so a large file need not be joined in
+    memory first) to `path` and fsync it (no rename: for files the caller renames later)."""
+    pieces = [data] if isinstance(data, (bytes, bytearray)) else data
     with open(path, "wb") as f:
-        f.write(data)
+        f.writelines(pieces)
         f.flush()
         os.fsync(f.fileno())
 
 
-def write_atomic(path: pathlib.Path, data: bytes) -> None:
+def write_atomic(path: pathlib.Path, data: bytes | Iterable[bytes | memoryview]) -> None:
     """Replace `path` with `data` atomically and durably."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
