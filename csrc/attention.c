@@ -1,4 +1,6 @@
 /* attention.c: causal multi-head self-attention over a fused qkv; shapes in femto/ops/attention.py. */
+/* FMA contraction on, as in gelu.c: the softmax's exp polynomial is a chain of a * b + c */
+#pragma GCC optimize("fp-contract=fast")
 #include <math.h>
 #include <string.h>
 
@@ -20,7 +22,8 @@
  * the masked keys j > t. Keys go 16 at a time (vec16) up to the 16-key group holding key t, masked
  * with -inf (whose exp is 0), so short rows never fall into scalar tail loops; only a row whose
  * length T is not a multiple of 16 has a scalar tail. The lanes' max and sum combine in a fixed
- * order, so the row does not depend on the thread count. */
+ * order, so the row does not depend on the thread count. A NaN score needs no test of its own: its
+ * exp is NaN, and the sum spreads that to the whole row, as a serial softmax would. */
 static inline void softmax_row(float* p, size_t t, size_t T, float scale) {
     size_t n = (t + 16) / 16 * 16;
     n = n < T ? n : T;
@@ -31,20 +34,13 @@ static inline void softmax_row(float* p, size_t t, size_t T, float scale) {
      * the scaled scores, bit for bit. Subtracting it keeps exp() finite for any score. The mask is
      * applied in registers: storing -inf first would stall the vector loads behind scalar stores. */
     vec16 vmax = neginf;
-    vec16i nan = {0};
     for (size_t j = 0; j < nv; j += 16) {
         vec16 x = vec16_select(lane + (int32_t)(j - t) <= 0, vec16_load(p + j), neginf);
         vmax = vec16_select(x > vmax, x, vmax);
-        nan |= x != x;
     }
     float maxval = vec16_max(vmax);
-    int anynan = 0;
-    for (int l = 0; l < 16; l++) anynan |= nan[l];
-    for (size_t j = nv; j <= t; j++) {
-        maxval = p[j] > maxval ? p[j] : maxval;
-        anynan |= p[j] != p[j];
-    }
-    maxval = anynan ? NAN : maxval * scale;
+    for (size_t j = nv; j <= t; j++) maxval = p[j] > maxval ? p[j] : maxval;
+    maxval *= scale;
     vec16 vsum = vec16_splat(0.0f);
     for (size_t j = 0; j < nv; j += 16) {
         vec16 x = vec16_select(lane + (int32_t)(j - t) <= 0, vec16_load(p + j), neginf);

@@ -106,23 +106,32 @@ static inline vec16 vec16_select(vec16i mask, vec16 a, vec16 b) {
     return (vec16)((mask & (vec16i)a) | (~mask & (vec16i)b));
 }
 
-/* the sum of the 16 lanes as a fixed pairwise tree: short dependency chains, same order always */
+typedef float vec8f __attribute__((vector_size(32)));
+typedef float vec4f __attribute__((vector_size(16)));
+typedef int32_t vec8i __attribute__((vector_size(32)));
+typedef int32_t vec4i __attribute__((vector_size(16)));
+
+/* the sum of the 16 lanes as a fixed pairwise tree: short dependency chains, same order always.
+ * Halving in registers (lane i + lane i+8, then +4, +2, +1) instead of through memory keeps it a
+ * handful of shuffles, which matters when it runs once per softmax row. */
 static inline float vec16_sum(vec16 v) {
-    float a[16], h[8];
-    memcpy(a, &v, sizeof a);
-    for (int i = 0; i < 8; i++) h[i] = a[i] + a[i + 8];
-    return ((h[0] + h[4]) + (h[2] + h[6])) + ((h[1] + h[5]) + (h[3] + h[7]));
+    vec8f h = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+              __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+    vec4f q = __builtin_shufflevector(h, h, 0, 1, 2, 3) + __builtin_shufflevector(h, h, 4, 5, 6, 7);
+    return (q[0] + q[2]) + (q[1] + q[3]);
 }
 
 /* the largest of the 16 lanes (NaN lanes are the caller's business: see softmax_row) */
 static inline float vec16_max(vec16 v) {
-    float a[16], h[8];
-    memcpy(a, &v, sizeof a);
-    for (int i = 0; i < 8; i++) h[i] = a[i] > a[i + 8] ? a[i] : a[i + 8];
-    for (int i = 0; i < 4; i++) h[i] = h[i] > h[i + 4] ? h[i] : h[i + 4];
-    h[0] = h[0] > h[2] ? h[0] : h[2];
-    h[1] = h[1] > h[3] ? h[1] : h[3];
-    return h[0] > h[1] ? h[0] : h[1];
+    vec8f a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7);
+    vec8f b = __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+    vec8i ma = a > b;
+    vec8f h = (vec8f)((ma & (vec8i)a) | (~ma & (vec8i)b));
+    vec4f c = __builtin_shufflevector(h, h, 0, 1, 2, 3), d = __builtin_shufflevector(h, h, 4, 5, 6, 7);
+    vec4i mc = c > d;
+    vec4f q = (vec4f)((mc & (vec4i)c) | (~mc & (vec4i)d));
+    float x = q[0] > q[2] ? q[0] : q[2], y = q[1] > q[3] ? q[1] : q[3];
+    return x > y ? x : y;
 }
 
 /* vec_expf on 16 lanes, operation for operation, so both give the same bits */
