@@ -175,11 +175,12 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
 
 void attention_cached_forward(float* out, float* kcache, float* vcache, const float* qkv,
                               const int32_t* positions, size_t B, size_t T, size_t C, size_t NH,
-                              size_t TMAX) {
+                              size_t TMAX, size_t first) {
     size_t pos = (size_t)positions[0];
     size_t HS = C / NH;
+    size_t TQ = T - first; /* queries computed: first .. T-1, output rows 0 .. TQ-1 */
     float scale = 1.0f / sqrtf((float)HS);
-    size_t work = B * NH * T * (pos + T) * HS;
+    size_t work = B * NH * TQ * (pos + T) * HS;
     (void)work; /* read only by the OpenMP pragma */
     for (size_t b = 0; b < B; b++) {
         for (size_t h = 0; h < NH; h++) {
@@ -195,7 +196,7 @@ void attention_cached_forward(float* out, float* kcache, float* vcache, const fl
      * blocked softmax (whole vectorised rows, one pass) beats the online one below by about 1.7x at
      * small T, for a (T, T) probability scratch per head, on the stack while it stays small (a heap
      * block that size would be mapped and faulted in afresh on every call). */
-    if (pos == 0 && T <= CACHED_FRESH_T_MAX) {
+    if (pos == 0 && first == 0 && T <= CACHED_FRESH_T_MAX) {
 #pragma omp parallel for collapse(2) schedule(static) if (work >= FEMTO_PARALLEL_MIN)
         for (size_t b = 0; b < B; b++) {
             for (size_t h = 0; h < NH; h++) {
@@ -217,9 +218,9 @@ void attention_cached_forward(float* out, float* kcache, float* vcache, const fl
             const float* values = vcache + (b * NH + h) * TMAX * HS;  // (TMAX, HS)
             float s[ATT_QB * ATT_KB]; /* scores, then unnormalised probabilities, rows ATT_KB apart */
             float maxval[ATT_QB], sum[ATT_QB];
-            for (size_t r0 = 0; r0 < T; r0 += ATT_QB) {
+            for (size_t r0 = first; r0 < T; r0 += ATT_QB) {
                 size_t r1 = T - r0 < ATT_QB ? T : r0 + ATT_QB, rn = r1 - r0;
-                float* o = out + (b * T + r0) * C + h * HS;  // output rows r0.., C apart
+                float* o = out + (b * TQ + r0 - first) * C + h * HS;  // output rows, C apart
                 for (size_t i = 0; i < rn; i++) {
                     maxval[i] = -INFINITY;
                     sum[i] = 0.0f;

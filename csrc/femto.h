@@ -47,10 +47,11 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
                         const float* out, size_t B, size_t T, size_t C, size_t NH, int accumulate);
 /* generation with a key/value cache: forward only, it never runs under autograd. The new tokens'
  * first position comes from the device (positions[0]), so a captured decode step replays at any
- * position without new arguments. */
+ * position without new arguments. Keys and values of all T new tokens are stored; outputs are
+ * computed for queries first .. T-1 only (out is (B, T - first, C)): generation needs the last. */
 void attention_cached_forward(float* out, float* kcache, float* vcache, const float* qkv,
                               const int32_t* positions, size_t B, size_t T, size_t C, size_t NH,
-                              size_t TMAX);
+                              size_t TMAX, size_t first);
 
 /* dropout.c: the keep mask is a hash of (seed, i), recomputed in backward instead of stored */
 void dropout_forward(float* out, const float* inp, size_t N, float p, uint32_t seed);

@@ -264,9 +264,10 @@ class GPT:
             y = attention(qkv, self.config.n_head)  # (B, T, C)
         else:
             kcache, vcache = cache.layers[i]
-            y = attention_cached(qkv, kcache, vcache, self.config.n_head, cache.length, pos_ids)
+            n_head = self.config.n_head
+            y = attention_cached(qkv, kcache, vcache, n_head, cache.length, pos_ids, last_only)
             if last_only:
-                x, y = self._last_row(x), self._last_row(y)  # (B, 1, C)
+                x = self._last_row(x)  # (B, 1, C), beside attention's last row
         y = matmul(y, p(h + "attn.c_proj.weight"), p(h + "attn.c_proj.bias"))  # (B, T, C)
         x = add(x, self._dropout(y, rng))
         y = layernorm(x, p(h + "ln_2.weight"), p(h + "ln_2.bias"))

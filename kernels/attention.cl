@@ -127,16 +127,18 @@ __kernel void attention_cache_store(__global float* kcache, __global float* vcac
     vcache[slot] = qkv[(b * T + t) * 3 * C + 2 * C + c];
 }
 
-// Cached generation, pass 2, one work-group per row (b, h, t): query t at position pos + t attends to
-// cache slots 0..pos+t; `scores` (B, NH, T, TMAX) is scratch for the probability row.
+// Cached generation, pass 2, one work-group per row (b, h, t) for queries t = first .. T-1: query t at
+// position pos + t attends to cache slots 0..pos+t; `scores` (B, NH, T, TMAX) is scratch for the
+// probability row.
 __kernel void attention_cached_forward(__global float* out, __global float* scores,
                                        __global const float* kcache, __global const float* vcache,
                                        __global const float* qkv, __global const int* positions,
-                                       int B, int T, int C, int NH, int TMAX) {
+                                       int B, int T, int C, int NH, int TMAX, int first) {
     __local float buf[LOCAL_MAX];
     const int pos = positions[0];
     const int row = get_group_id(0), lid = get_local_id(0), L = get_local_size(0);
-    const int t = row % T, bh = row / T, h = bh % NH, b = bh / NH;
+    const int TQ = T - first;  // queries first .. T-1; output rows 0 .. TQ-1
+    const int tq = row % TQ, t = first + tq, bh = row / TQ, h = bh % NH, b = bh / NH;
     const int HS = C / NH, len = pos + t + 1;
     const float scale = 1.0f / sqrt((float)HS);
     __global const float* q = qkv + (b * T + t) * 3 * C + h * HS;
@@ -149,6 +151,6 @@ __kernel void attention_cached_forward(__global float* out, __global float* scor
     for (int i = lid; i < HS; i += L) {
         float acc = 0.0f;
         for (int j = 0; j < len; j++) acc += p[j] * values[j * HS + i];
-        out[(b * T + t) * C + h * HS + i] = acc;
+        out[(b * TQ + tq) * C + h * HS + i] = acc;
     }
 }

@@ -262,10 +262,11 @@ def _cases(rng: np.random.Generator) -> list[tuple[str, list, dict, float]]:
     for B, T, C, NH, pos, TMAX in [(1, 1, 4, 1, 0, 1), (2, 1, 12, 3, 9, 16), (2, 5, 12, 2, 3, 8)]:
         HS = C // NH
         cache = [r(B, NH, TMAX, HS), r(B, NH, TMAX, HS)]
-        sizes = {"B": B, "T": T, "C": C, "NH": NH, "TMAX": TMAX}
         positions = np.arange(pos, pos + T, dtype=np.int32)
-        bufs = [r(B, T, C), *cache, r(B, T, 3 * C), positions]
-        cases.append(("attention_cached_forward", bufs, sizes, 1e-4))
+        for first in sorted({0, T - 1}):  # every query, or the last only
+            sizes = {"B": B, "T": T, "C": C, "NH": NH, "TMAX": TMAX, "first": first}
+            bufs = [r(B, T - first, C), *cache, r(B, T, 3 * C), positions]
+            cases.append(("attention_cached_forward", bufs, sizes, 1e-4))
     for N, V in [(1, 1), (7, 65), (300, 1000)]:
         logits, targets = r(N, V) * 2, rng.integers(0, V, N).astype(np.int32)
         lse = np.log(np.exp(logits.astype(np.float64)).sum(1)).astype(np.float32)

@@ -509,7 +509,7 @@ def _attention_backward(be, bufs, s) -> list[Launch]:
 
 def _attention_cached_forward(be, bufs, s) -> list[Launch]:
     out, kcache, vcache, qkv, positions = bufs
-    B, T, C, NH, TMAX = s["B"], s["T"], s["C"], s["NH"], s["TMAX"]
+    B, T, C, NH, TMAX, first = s["B"], s["T"], s["C"], s["NH"], s["TMAX"], s["first"]
     sizes = [i32(B), i32(T), i32(C), i32(NH), i32(TMAX)]
     scores = be.scratch("attention_cached_scores", B * NH * T * TMAX)
     # sized by TMAX, not the position (which only the device reads), so a replay fits any position
@@ -521,8 +521,8 @@ def _attention_cached_forward(be, bufs, s) -> list[Launch]:
         ),
         (
             "attention_cached_forward",
-            *_rows(be, B * NH * T, TMAX),
-            [out, scores, kcache, vcache, qkv, positions, *sizes],
+            *_rows(be, B * NH * (T - first), TMAX),
+            [out, scores, kcache, vcache, qkv, positions, *sizes, i32(first)],
         ),
     ]
 

@@ -64,7 +64,8 @@ def attention(qkv: Tensor, n_head: int) -> Tensor:
 
 
 class AttentionCached(Op):
-    """Generation step: qkv (B, T, 3C) of new tokens at positions pos .. pos+T-1 -> out (B, T, C).
+    """Generation step: qkv (B, T, 3C) of new tokens at positions pos .. pos+T-1 -> out (B, T, C),
+    or (B, 1, C) for the last token only when last_only.
 
     kcache and vcache are (B, NH, TMAX, HS); the kernel first writes the new keys and values at
     positions pos .. pos+T-1, then each new query attends to positions 0 .. its own. The kernel reads
@@ -76,9 +77,9 @@ class AttentionCached(Op):
 
     kernels = ("attention_cached_forward",)
 
-    def __init__(self, backend, n_head: int, pos: int):
+    def __init__(self, backend, n_head: int, pos: int, last_only: bool = False):
         super().__init__(backend)
-        self.n_head, self.pos = n_head, pos
+        self.n_head, self.pos, self.last_only = n_head, pos, last_only
 
     def forward(self, qkv: Tensor, kcache: Tensor, vcache: Tensor, positions: Tensor) -> Tensor:
         B, T, C = qkv_sizes("attention_cached", qkv, self.n_head)
@@ -103,7 +104,8 @@ class AttentionCached(Op):
                 f"holding {want[0]}..{want[1]}, got {positions.dtype} {positions.shape} holding "
                 f"{positions.value_range}"
             )
-        out = self.output((B, T, C))
+        first = T - 1 if self.last_only else 0
+        out = self.output((B, T - first, C))
         self.backend.run(
             "attention_cached_forward",
             out.data,
@@ -116,6 +118,7 @@ class AttentionCached(Op):
             C=C,
             NH=NH,
             TMAX=TMAX,
+            first=first,
         )
         return out
 
@@ -132,10 +135,13 @@ def attention_cached(
     n_head: int,
     pos: int,
     positions: Tensor | None = None,
+    last_only: bool = False,
 ) -> Tensor:
     """positions: the new tokens' position ids pos .. pos+T-1 as a device tensor (T,); uploaded here
-    when not given."""
+    when not given. last_only: every new key and value is stored, but only the last query attends,
+    giving out (B, 1, C) (all generation needs of a model's last block)."""
     if positions is None:
         T = qkv.shape[1] if qkv.ndim == 3 else 0
         positions = Tensor.from_numpy(np.arange(pos, pos + T, dtype=np.int32), qkv.backend)
-    return AttentionCached(qkv.backend, n_head, pos)(qkv, kcache, vcache, positions)
+    op = AttentionCached(qkv.backend, n_head, pos, last_only)
+    return op(qkv, kcache, vcache, positions)

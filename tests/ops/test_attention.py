@@ -153,3 +153,24 @@ def test_backward_kernel_overwrites_or_accumulates(backend, rng, B, T, NH, HS):
         )
         got = backend.to_numpy(dqkv).astype(np.float64)
         assert_close(got, expected + accumulate, 1e-3, f"dqkv (accumulate={accumulate})")
+
+
+@pytest.mark.parametrize("pos,T", [(0, 1), (0, 9), (3, 5), (0, 130)])  # 130: past the fresh path
+def test_cached_last_only_is_the_last_row_and_stores_every_key(backend, rng, pos, T):
+    B, NH, HS = 2, 2, 16
+    C, TMAX = NH * HS, pos + T + 1
+    qkv = rng.standard_normal((B, pos + T, 3 * C)).astype(np.float32)
+    caches = {}
+    with no_grad():
+        for last_only in (False, True):
+            kv = [Tensor.zeros((B, NH, TMAX, HS), backend) for _ in range(2)]
+            if pos:
+                attention_cached(Tensor.from_numpy(qkv[:, :pos].copy(), backend), *kv, NH, 0)
+            new = Tensor.from_numpy(qkv[:, pos:].copy(), backend)
+            out = attention_cached(new, *kv, NH, pos, last_only=last_only).numpy()
+            caches[last_only] = (out, [t.numpy() for t in kv])
+    full, last = caches[False][0], caches[True][0]
+    assert last.shape == (B, 1, C)
+    assert_close(last, full[:, -1:], 1e-5, "last row")
+    for got, want in zip(caches[True][1], caches[False][1]):
+        np.testing.assert_array_equal(got, want)
