@@ -14,7 +14,9 @@ static inline float dropout_uniform(uint32_t seed, uint32_t i) {
     return (float)(x >> 8) * (1.0f / 16777216.0f);
 }
 
-void dropout_forward(float* out, const float* inp, size_t N, float p, uint32_t seed) {
+void dropout_forward(float* out, const float* inp, const int32_t* seeds, size_t N, float p,
+                     int site) {
+    uint32_t seed = (uint32_t)seeds[site];
     float keep_scale = 1.0f / (1.0f - p);
 #pragma omp parallel for schedule(static) if (N >= FEMTO_PARALLEL_MIN)
     for (size_t i = 0; i < N; i++) {
@@ -22,7 +24,9 @@ void dropout_forward(float* out, const float* inp, size_t N, float p, uint32_t s
     }
 }
 
-void dropout_backward(float* dinp, const float* dout, size_t N, float p, uint32_t seed) {
+void dropout_backward(float* dinp, const float* dout, const int32_t* seeds, size_t N, float p,
+                      int site) {
+    uint32_t seed = (uint32_t)seeds[site];
     float keep_scale = 1.0f / (1.0f - p);
 #pragma omp parallel for schedule(static) if (N >= FEMTO_PARALLEL_MIN)
     for (size_t i = 0; i < N; i++) {

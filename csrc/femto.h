@@ -53,9 +53,13 @@ void attention_cached_forward(float* out, float* kcache, float* vcache, const fl
                               const int32_t* positions, size_t B, size_t T, size_t C, size_t NH,
                               size_t TMAX, size_t first);
 
-/* dropout.c: the keep mask is a hash of (seed, i), recomputed in backward instead of stored */
-void dropout_forward(float* out, const float* inp, size_t N, float p, uint32_t seed);
-void dropout_backward(float* dinp, const float* dout, size_t N, float p, uint32_t seed);
+/* dropout.c: the keep mask is a hash of (seed, i), recomputed in backward instead of stored. The
+ * seed is seeds[site], read on the device: a model keeps one per dropout site in one buffer, written
+ * once per step, so a captured step replays with new masks. */
+void dropout_forward(float* out, const float* inp, const int32_t* seeds, size_t N, float p,
+                     int site);
+void dropout_backward(float* dinp, const float* dout, const int32_t* seeds, size_t N, float p,
+                      int site);
 
 /* crossentropy.c: fused log-softmax + cross-entropy, mean over the N rows */
 void crossentropy_forward(float* loss, float* logsumexp, const float* logits,

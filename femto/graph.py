@@ -142,7 +142,7 @@ class Tensor:
                 f"copy into tensor of shape {self.shape} from array of shape {array.shape}"
             )
         host = np.ascontiguousarray(array, DTYPES[self.dtype])
-        self.backend.copy_(self.data, self.backend.from_numpy(host))
+        self.backend.upload_(self.data, host)
         if self.dtype == "int32":
             self.value_range = (int(host.min()), int(host.max())) if host.size else None
 

@@ -137,6 +137,7 @@ class GPT:
         self._positions: dict[tuple[int, int], Tensor] = {}
         self._last_rows: dict[tuple[int, int], Tensor] = {}
         self.params: dict[str, Tensor] = {}
+        self.step_seeds: Tensor | None = None  # the dropout seeds of the last training forward
         for name, array in self.init_weights(config, rng or np.random.default_rng(0)).items():
             self.params[name] = Tensor.from_numpy(array, backend, requires_grad=True)
 
@@ -218,15 +219,22 @@ class GPT:
             self._positions[(pos, T)] = pos_ids  # (T,)
         return pos_ids
 
-    def _embed(self, ids: Tensor, pos_ids: Tensor, rng: np.random.Generator | None) -> Tensor:
+    def _embed(self, ids: Tensor, pos_ids: Tensor, seeds: Tensor | None) -> Tensor:
         tok_emb = embedding(ids, self.p("transformer.wte.weight"))  # (B, T, C)
         pos_emb = embedding(pos_ids, self.p("transformer.wpe.weight"))  # (T, C)
-        return self._dropout(add(tok_emb, pos_emb), rng)  # (B, T, C), pos_emb broadcast over B
+        return self._dropout(add(tok_emb, pos_emb), seeds, 0)  # (B, T, C), pos_emb over B
 
-    def _dropout(self, x: Tensor, rng: np.random.Generator | None) -> Tensor:
+    def dropout_seeds(self, rng: np.random.Generator | None) -> np.ndarray | None:
+        """The seeds of one training forward's dropout sites (the embeddings', then each block's
+        attention and MLP branch), drawn from rng; None when dropout is off (no rng, or p 0)."""
         if rng is None or self.config.dropout == 0.0:
+            return None
+        return rng.integers(0, 2**31 - 1, size=1 + 2 * self.config.n_layer).astype(np.int32)
+
+    def _dropout(self, x: Tensor, seeds: Tensor | None, site: int) -> Tensor:
+        if seeds is None:
             return x
-        return dropout(x, self.config.dropout, int(rng.integers(0, 2**31 - 1)))
+        return dropout(x, self.config.dropout, seeds, site)
 
     def _last_row(self, x: Tensor) -> Tensor:
         """x (B, T, C) -> its last position (B, 1, C), forward only: an embedding lookup of rows
@@ -245,7 +253,7 @@ class GPT:
         self,
         i: int,
         x: Tensor,
-        rng: np.random.Generator | None,
+        seeds: Tensor | None,
         cache: KVCache | None = None,
         last_only: bool = False,
         pos_ids: Tensor | None = None,
@@ -269,11 +277,11 @@ class GPT:
             if last_only:
                 x = self._last_row(x)  # (B, 1, C), beside attention's last row
         y = matmul(y, p(h + "attn.c_proj.weight"), p(h + "attn.c_proj.bias"))  # (B, T, C)
-        x = add(x, self._dropout(y, rng))
+        x = add(x, self._dropout(y, seeds, 1 + 2 * i))
         y = layernorm(x, p(h + "ln_2.weight"), p(h + "ln_2.bias"))
         y = gelu(matmul(y, p(h + "mlp.c_fc.weight"), p(h + "mlp.c_fc.bias")))  # (B, T, 4C)
         y = matmul(y, p(h + "mlp.c_proj.weight"), p(h + "mlp.c_proj.bias"))  # (B, T, C)
-        return add(x, self._dropout(y, rng))
+        return add(x, self._dropout(y, seeds, 2 + 2 * i))
 
     def _head(self, x: Tensor) -> Tensor:
         x = layernorm(x, self.p("transformer.ln_f.weight"), self.p("transformer.ln_f.bias"))
@@ -288,15 +296,20 @@ class GPT:
     ) -> tuple[Tensor, Tensor | None]:
         """idx (B, T) int32 token ids -> logits (B, T, V) and, given targets (B, T), the mean loss ().
 
-        `rng` switches dropout on: each dropout site draws its seed from it (training). None is eval
-        mode, and with dropout 0 the two are the same graph.
+        `rng` switches dropout on: each dropout site's seed is drawn from it (training), and the
+        seeds go to the device in one tensor, left in `self.step_seeds` for a caller that replays a
+        captured step and rewrites them (femto/train.py, TrainStep). None is eval mode, and with
+        dropout 0 the two are the same graph.
         """
         ids = self._ids(idx)
         if ids.ndim != 2:
             raise ConfigError(f"forward needs token ids of shape (B, T), got {ids.shape}")
-        x = self._embed(ids, self._position_ids(0, ids.shape[1]), rng)
+        draws = self.dropout_seeds(rng)
+        seeds = None if draws is None else Tensor.from_numpy(draws, self.backend)
+        self.step_seeds = seeds
+        x = self._embed(ids, self._position_ids(0, ids.shape[1]), seeds)
         for i in range(self.config.n_layer):
-            x = self._block(i, x, rng)
+            x = self._block(i, x, seeds)
         logits = self._head(x)
         if targets is None:
             return logits, None

@@ -228,18 +228,18 @@ def prepare_run(
 class TrainStep:
     """Forward and backward of one micro-batch, adding its gradients into the parameters' .grad.
 
-    A training step runs the same kernels on the same shapes every time; only the batch changes. So
-    the first batch of a shape runs the graph under Backend.capture(), and later ones are copied into
-    that capture's input buffers and replayed: the graph's per-op Python (a tenth of a small model's
-    step) is paid once. The optimizer stays outside, since its learning rate and step count change.
-    With dropout the graph runs every time: each dropout site draws a new seed from `rng` per step,
-    and a replay would repeat the captured masks.
+    A training step runs the same kernels on the same shapes every time; only the batch (and, with
+    dropout, the sites' seeds) changes. So the first batch of a shape runs the graph under
+    Backend.capture(), and later ones are written into that capture's input buffers, with fresh
+    dropout seeds drawn from `rng` as the graph would draw them, and replayed: the graph's per-op
+    Python (a tenth of a small model's step) is paid once. The optimizer stays outside, since its
+    learning rate and step count change every step.
     """
 
     def __init__(self, model: GPT):
         self.model = model
-        # (B, T) -> (ids, targets, loss, plan) of that shape's capture
-        self._captures: dict[tuple[int, ...], tuple[Tensor, Tensor, Tensor, object]] = {}
+        # (B, T) -> (ids, targets, dropout seeds or None, loss, plan) of that shape's capture
+        self._captures: dict[tuple[int, ...], tuple] = {}
         self._buffers: list = []  # the parameters' data and gradient buffers the captures use
 
     def _parameter_buffers(self) -> list:
@@ -248,10 +248,6 @@ class TrainStep:
     def __call__(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> float:
         """The mean loss of batch x (B, T) against targets y, after adding its gradients."""
         model, backend = self.model, self.model.backend
-        if model.config.dropout > 0:
-            _, loss = model(x, y, rng)
-            loss.backward()
-            return loss.item()
         buffers = self._parameter_buffers()
         if len(buffers) != len(self._buffers) or any(
             a is not b for a, b in zip(buffers, self._buffers)
@@ -261,11 +257,14 @@ class TrainStep:
             self._captures.clear()
         captured = self._captures.get(x.shape)
         if captured is not None:
-            ids, targets, loss, plan = captured
+            ids, targets, seeds, loss, plan = captured
             ids.copy_from_numpy(x)
             targets.copy_from_numpy(y)
             V = model.config.vocab_size
             if all(0 <= t.value_range[0] and t.value_range[1] < V for t in (ids, targets)):
+                draws = model.dropout_seeds(rng)
+                if seeds is not None:
+                    seeds.copy_from_numpy(draws)
                 backend.replay(plan)
                 return loss.item()
             # an id out of range: the graph's ops reject it, with the message that names it
@@ -276,7 +275,7 @@ class TrainStep:
         with backend.capture() as plan:
             _, loss = model(ids, targets, rng)
             loss.backward()
-        self._captures[x.shape] = (ids, targets, loss, plan)
+        self._captures[x.shape] = (ids, targets, model.step_seeds, loss, plan)
         self._buffers = self._parameter_buffers()  # after backward: it may have made gradients
         return loss.item()
 

@@ -248,10 +248,9 @@ def _cases(rng: np.random.Generator) -> list[tuple[str, list, dict, float]]:
         for accumulate in (1, 0):
             bufs = [r(N), r(N), r(N) * 3]
             cases.append(("gelu_backward", bufs, {"N": N, "accumulate": accumulate}, 1e-4))
-        cases.append(("dropout_forward", [r(N), r(N)], {"N": N, "p": 0.3, "seed": 12345}, 0.0))
-        cases.append(
-            ("dropout_backward", [r(N), r(N)], {"N": N, "p": 0.3, "seed": 4000000000}, 1e-6)
-        )
+        seeds = np.array([12345, 4000000000 - 2**32], np.int32)  # site 1: a seed past 2**31
+        cases.append(("dropout_forward", [r(N), r(N), seeds], {"N": N, "p": 0.3, "site": 0}, 0.0))
+        cases.append(("dropout_backward", [r(N), r(N), seeds], {"N": N, "p": 0.3, "site": 1}, 1e-6))
     for B, T, C, NH in [(1, 1, 4, 1), (2, 7, 12, 3), (1, 300, 16, 2)]:
         qkv, att, out = attention_state(B, T, C, NH)
         sizes = {"B": B, "T": T, "C": C, "NH": NH}
@@ -319,8 +318,14 @@ def test_kernel_matches_cpu_backend(cl_backend, cpu, index):
 def test_dropout_mask_is_the_cpu_mask(cl_backend, cpu):
     x = np.ones(10000, np.float32)
     out_cpu, out_cl = cpu.empty(10000), cl_backend.empty(10000)
-    cpu.run("dropout_forward", out_cpu, cpu.from_numpy(x), N=10000, p=0.5, seed=7)
-    cl_backend.run("dropout_forward", out_cl, cl_backend.from_numpy(x), N=10000, p=0.5, seed=7)
+    seeds = np.array([7], np.int32)
+    cpu.run(
+        "dropout_forward", out_cpu, cpu.from_numpy(x), cpu.from_numpy(seeds), N=10000, p=0.5, site=0
+    )
+    cl_backend.run(
+        "dropout_forward", out_cl, cl_backend.from_numpy(x), cl_backend.from_numpy(seeds), N=10000,
+        p=0.5, site=0,
+    )  # fmt: skip
     kept = cl_backend.to_numpy(out_cl) != 0
     np.testing.assert_array_equal(kept, out_cpu != 0)
     assert 4500 < kept.sum() < 5500
@@ -433,32 +438,44 @@ def test_femto_devices_without_pyopencl_is_one_line(monkeypatch):
     assert "Traceback" not in result.output
 
 
-def test_a_training_step_moves_only_the_ids_in_and_the_loss_out(cl_backend, monkeypatch):
+@pytest.mark.parametrize("replayed", [False, True])  # the graph, or femto train's TrainStep
+def test_a_training_step_moves_only_the_ids_in_and_the_loss_out(cl_backend, monkeypatch, replayed):
     """Issue 5's device residency: parameters, activations, gradients and AdamW moments stay on the
-    device; a step uploads its (B, T) ids and targets and reads back the loss scalar, nothing else."""
+    device; a step uploads its (B, T) ids and targets (and, with dropout, one seed per dropout site)
+    and reads back the loss scalar, nothing else."""
     from femto.model import GPT, GPTConfig
     from femto.optim import AdamW
+    from femto.train import TrainStep
 
     config = GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=16, dropout=0.1)
     model = GPT(config, cl_backend, np.random.default_rng(0))
     optimizer = AdamW(model.params)
     rng = np.random.default_rng(1)
+    micro_step = TrainStep(model)
 
     def step() -> None:
         x = rng.integers(0, 11, (3, 8)).astype(np.int32)
-        _, loss = model(x, np.roll(x, -1, axis=1), rng)
-        loss.backward()
-        loss.item()
+        if replayed:
+            micro_step(x, np.roll(x, -1, axis=1), rng)
+        else:
+            _, loss = model(x, np.roll(x, -1, axis=1), rng)
+            loss.backward()
+            loss.item()
         optimizer.step(lr=1e-3)
         model.zero_grad()
 
     step()  # the first step uploads constants once (position ids, the backward seed)
     uploads, downloads = [], []
-    to_numpy, from_numpy = cl_backend.to_numpy, cl_backend.from_numpy
+    to_numpy, from_numpy, upload_ = cl_backend.to_numpy, cl_backend.from_numpy, cl_backend.upload_
     monkeypatch.setattr(cl_backend, "to_numpy", lambda buf: downloads.append(1) or to_numpy(buf))
     monkeypatch.setattr(
         cl_backend, "from_numpy", lambda a: uploads.append((a.dtype, a.shape)) or from_numpy(a)
     )
+    monkeypatch.setattr(
+        cl_backend, "upload_", lambda b, a: uploads.append((a.dtype, a.shape)) or upload_(b, a)
+    )
     step()
-    assert uploads == [(np.dtype(np.int32), (3, 8))] * 2  # ids and targets
+    sites = 1 + 2 * config.n_layer  # the embeddings' dropout, and each block's two
+    int32 = np.dtype(np.int32)
+    assert sorted(uploads) == sorted([(int32, (3, 8))] * 2 + [(int32, (sites,))])
     assert len(downloads) == 1  # the loss

@@ -100,6 +100,11 @@ class Backend(Protocol):
 
     def copy_(self, dst: Any, src: Any) -> None: ...
 
+    def upload_(self, dst: Any, host: np.ndarray) -> None:
+        """Overwrite `dst` with a host array of its size and dtype. Not a device operation: a capture
+        does not record it, so inputs written this way between replays are what the replays read."""
+        ...
+
     def view(self, buf: Any, offset: int, n: int) -> Any:
         """A buffer aliasing elements [offset, offset + n) of `buf` (offset a multiple of
         view_alignment): kernels given the view read and write `buf`'s memory."""

@@ -133,6 +133,11 @@ class CPUBackend(Capturing):
                 (ctypes.memmove, (dst.ctypes.data, src.ctypes.data, src.nbytes))
             )
 
+    def upload_(self, dst: np.ndarray, host: np.ndarray) -> None:
+        if host.dtype != dst.dtype or host.size != dst.size:
+            raise TypeError(f"upload_ of {host.dtype} {host.shape} into {dst.dtype} ({dst.size},)")
+        np.copyto(dst, host.reshape(-1))
+
     def _keep(self, buf: np.ndarray) -> None:
         """Hold one reference to `buf` in the plan being captured: its calls hold bare addresses
         (so the plan's count of references stays one, which release() relies on)."""

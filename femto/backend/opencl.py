@@ -263,6 +263,12 @@ class OpenCLBackend(Capturing):
             self._cl.enqueue_copy(self.queue, dst.buf, src.buf, byte_count=src.nbytes)
             self._record(self._copy_bytes, dst.buf, src.buf, src.nbytes)
 
+    def upload_(self, dst: CLBuffer, host: np.ndarray) -> None:
+        if dtype_name(host) != dst.dtype or host.size != dst.size:
+            raise TypeError(f"upload_ of {host.dtype} {host.shape} into {dst}")
+        if host.size:
+            self._cl.enqueue_copy(self.queue, dst.buf, np.ascontiguousarray(host), is_blocking=True)
+
     def _copy_bytes(self, dst: Any, src: Any, nbytes: int) -> None:
         self._cl.enqueue_copy(self.queue, dst, src, byte_count=nbytes)
 
@@ -528,17 +534,17 @@ def _attention_cached_forward(be, bufs, s) -> list[Launch]:
 
 
 def _dropout_forward(be, bufs, s) -> list[Launch]:
-    out, inp = bufs
+    out, inp, seeds = bufs
     N = s["N"]
-    return [("dropout_forward", *_elementwise(N), [out, inp, i32(N), f32(s["p"]), u32(s["seed"])])]
+    args = [out, inp, seeds, i32(N), f32(s["p"]), i32(s["site"])]
+    return [("dropout_forward", *_elementwise(N), args)]
 
 
 def _dropout_backward(be, bufs, s) -> list[Launch]:
-    dinp, dout = bufs
+    dinp, dout, seeds = bufs
     N = s["N"]
-    return [
-        ("dropout_backward", *_elementwise(N), [dinp, dout, i32(N), f32(s["p"]), u32(s["seed"])])
-    ]
+    args = [dinp, dout, seeds, i32(N), f32(s["p"]), i32(s["site"])]
+    return [("dropout_backward", *_elementwise(N), args)]
 
 
 def _crossentropy_forward(be, bufs, s) -> list[Launch]:
