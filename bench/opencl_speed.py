@@ -19,6 +19,7 @@ from femto.backend import get_backend
 from femto.model import GPT, GPTConfig
 from femto.optim import AdamW
 from femto.sample import generate
+from femto.train import TrainStep
 
 # name -> (model config, batch size), as in REFERENCE.md's PyTorch table
 CONFIGS = {
@@ -33,15 +34,14 @@ def train_step_times(model: GPT, batch: int, steps: int, warmup: int) -> list[fl
     """Seconds per training step, each ended by a synchronize (so queued kernels are counted)."""
     config, backend = model.config, model.backend
     optimizer = AdamW(model.params, lr=1e-3)
+    micro_step = TrainStep(model)  # forward + backward, replayed after the first step
     rng = np.random.default_rng(0)
     times = []
     for i in range(warmup + steps):
         x = rng.integers(0, config.vocab_size, (batch, config.block_size), dtype=np.int32)
         y = rng.integers(0, config.vocab_size, (batch, config.block_size), dtype=np.int32)
         t0 = time.perf_counter()
-        _, loss = model(x, y)
-        loss.backward()
-        loss.item()  # what train() reads back each step
+        micro_step(x, y, rng)  # returns the loss, read back as train() does
         optimizer.step()
         model.zero_grad()
         backend.synchronize()

@@ -203,3 +203,22 @@ def test_a_step_captured_before_the_optimizer_packs_the_parameters_captures_agai
     assert step(x2, y2, rng) == loss.item()
     for name, p in graph_model.params.items():
         np.testing.assert_array_equal(replay_model.params[name].grad.numpy(), p.grad.numpy())
+
+
+def test_a_capture_records_only_its_own_thread(cpu_backend):
+    import threading
+
+    x = Tensor.from_numpy(np.ones(7, np.float32), cpu_backend)
+    other_done = threading.Event()
+
+    def other_thread() -> None:
+        with no_grad():
+            gelu(x)
+        other_done.set()
+
+    with no_grad(), cpu_backend.capture() as plan:
+        gelu(x)
+        worker = threading.Thread(target=other_thread)
+        worker.start()
+        worker.join()
+    assert other_done.is_set() and len(plan) == 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
@@ -44,11 +45,19 @@ class KernelPlan:
         return len(self.calls)
 
 
+# per thread: id(backend) -> the plan that thread is capturing on it
+_capturing = threading.local()
+
+
 class Capturing:
     """The capture()/replay() pair of both backends: while a block runs under capture(), the backend
-    appends each call it makes to the plan (and still makes it)."""
+    appends each call the capturing thread makes to the plan (and still makes it); calls from other
+    threads are not recorded."""
 
-    _plan: KernelPlan | None = None
+    @property
+    def _plan(self) -> KernelPlan | None:
+        plans = getattr(_capturing, "plans", None)
+        return plans.get(id(self)) if plans else None
 
     @contextlib.contextmanager
     def capture(self) -> Iterator[KernelPlan]:
@@ -56,13 +65,14 @@ class Capturing:
         back (to_numpy) inside it is an error, since a replay could not repeat what the host did with
         the value. Shapes, scalars and buffers are fixed: replay only the same computation, with new
         contents written into the same input buffers."""
-        if self._plan is not None:
+        plans = _capturing.__dict__.setdefault("plans", {})
+        if id(self) in plans:
             raise RuntimeError("capture() blocks do not nest")
-        plan = self._plan = KernelPlan()
+        plan = plans[id(self)] = KernelPlan()
         try:
             yield plan
         finally:
-            self._plan = None
+            del plans[id(self)]
 
     def _record(self, fn: Callable[..., Any], *args: Any) -> None:
         if self._plan is not None:
