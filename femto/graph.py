@@ -41,6 +41,19 @@ def no_grad() -> Iterator[None]:
         _state.grad_enabled = previous
 
 
+def _as_int32_ids(array: np.ndarray) -> np.ndarray:
+    """An integer array as int32, refusing values that do not fit: astype would wrap an id of
+    2**32 + 1 to 1, which then passes every range check."""
+    if array.dtype != np.int32 and array.size:
+        lo, hi = int(array.min()), int(array.max())
+        if lo < -(2**31) or hi > 2**31 - 1:
+            raise TokenIdError(
+                f"id {lo if lo < -(2**31) else hi} in an array of shape {array.shape} "
+                "does not fit int32, femto's id type: ids must be below 2**31"
+            )
+    return array.astype(np.int32, copy=False)
+
+
 class Tensor:
     """A float32 or int32 array living in a backend buffer."""
 
@@ -75,15 +88,7 @@ class Tensor:
         if array.dtype == np.float64:
             array = array.astype(np.float32)
         elif array.dtype.kind in "iu":
-            if array.dtype != np.int32 and array.size:
-                # astype would wrap an id of 2**32 + 1 to 1, which then passes every range check
-                lo, hi = int(array.min()), int(array.max())
-                if lo < -(2**31) or hi > 2**31 - 1:
-                    raise TokenIdError(
-                        f"id {lo if lo < -(2**31) else hi} in an array of shape {array.shape} "
-                        "does not fit int32, femto's id type: ids must be below 2**31"
-                    )
-            array = array.astype(np.int32)
+            array = _as_int32_ids(array)
         t = cls(backend.from_numpy(array), array.shape, backend, dtype_name(array), requires_grad)
         if t.dtype == "int32" and array.size:
             # known on the host for free; ops that index with ids check it without a device readback
@@ -141,6 +146,9 @@ class Tensor:
             raise ShapeError(
                 f"copy into tensor of shape {self.shape} from array of shape {array.shape}"
             )
+        array = np.asarray(array)
+        if self.dtype == "int32" and array.dtype.kind in "iu":
+            array = _as_int32_ids(array)
         host = np.ascontiguousarray(array, DTYPES[self.dtype])
         self.backend.upload_(self.data, host)
         if self.dtype == "int32":

@@ -222,3 +222,17 @@ def test_a_capture_records_only_its_own_thread(cpu_backend):
         worker.start()
         worker.join()
     assert other_done.is_set() and len(plan) == 1
+
+
+def test_a_replayed_step_refuses_ids_that_do_not_fit_int32(cpu_backend):
+    from femto.errors import TokenIdError
+    from femto.train import TrainStep
+
+    model = GPT(TRAIN_CFG, cpu_backend, np.random.default_rng(0))
+    step, rng = TrainStep(model), np.random.default_rng(0)
+    (x, y), (x2, y2) = _batches(2)
+    step(x, y, rng)  # captured
+    wide = x2.astype(np.int64)
+    wide[0, 0] = 2**32 + 1  # would wrap to 1, a valid id
+    with pytest.raises(TokenIdError, match="does not fit int32"):
+        step(wide, y2, rng)
