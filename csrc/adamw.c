@@ -1,18 +1,8 @@
 /* adamw.c: the optimizer's kernels; their contract is documented in femto/optim.py. */
 #include <math.h>
-#include <string.h>
 
 #include "femto.h"
 #include "vecmath.h"
-
-typedef float vec8 __attribute__((vector_size(32)));
-typedef double vec8d __attribute__((vector_size(64)));
-
-static inline vec8 vec8_load(const float* p) {
-    vec8 v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
 
 void adamw_update(float* param, float* m, float* v, const float* grad, const float* grad_sumsq,
                   size_t N, float lr, float beta1, float beta2, float eps, float weight_decay,
@@ -60,7 +50,7 @@ void sum_squares(float* out, const float* inp, size_t N) {
         size_t i = lo;
         for (; i + 32 <= hi; i += 32)
             for (int a = 0; a < 4; a++) {
-                vec8d x = __builtin_convertvector(vec8_load(inp + i + 8 * a), vec8d);
+                vec8d x = __builtin_convertvector(vec8f_load(inp + i + 8 * a), vec8d);
                 acc[a] += x * x;
             }
         vec8d total = (acc[0] + acc[2]) + (acc[1] + acc[3]);

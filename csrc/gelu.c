@@ -20,17 +20,7 @@ static inline vec16 gelu_exp16(vec16 x) {
     const vec16 hi = vec16_splat(80.0f), lo = vec16_splat(-80.0f);
     x = vec16_select(x < lo, lo, x);
     x = vec16_select(x > hi, hi, x);
-    vec16 n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    vec16 r = x - n * 0.693359375f - n * -2.12194440e-4f;
-    vec16 p = vec16_splat(1.9875691500e-4f);
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    vec16i e = (__builtin_convertvector(n, vec16i) + 127) << 23;
-    return p * (vec16)e;
+    return vec16_expf_in_range(x);
 }
 
 /* 0.5 x (1 + tanh u) == x * sigmoid(2u): one vectorisable exp, and no 1 + tanh cancellation for

@@ -99,6 +99,16 @@ static inline vec16 vec16_load(const float* p) {
 
 static inline void vec16_store(float* p, vec16 v) { memcpy(p, &v, sizeof v); }
 
+/* 8 floats, and 8 doubles (what 8 floats widen to) */
+typedef float vec8f __attribute__((vector_size(32)));
+typedef double vec8d __attribute__((vector_size(64)));
+
+static inline vec8f vec8f_load(const float* p) {
+    vec8f v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
 static inline vec16 vec16_splat(float x) { return (vec16){0.0f} + x; }
 
 /* lane i: a[i] where mask[i] is all ones (a comparison's true), else b[i] */
@@ -106,7 +116,6 @@ static inline vec16 vec16_select(vec16i mask, vec16 a, vec16 b) {
     return (vec16)((mask & (vec16i)a) | (~mask & (vec16i)b));
 }
 
-typedef float vec8f __attribute__((vector_size(32)));
 typedef float vec4f __attribute__((vector_size(16)));
 typedef int32_t vec8i __attribute__((vector_size(32)));
 typedef int32_t vec4i __attribute__((vector_size(16)));
@@ -134,12 +143,11 @@ static inline float vec16_max(vec16 v) {
     return x > y ? x : y;
 }
 
-/* vec_expf on 16 lanes, operation for operation, so both give the same bits */
-static inline vec16 vec16_expf(vec16 x) {
-    const vec16 hi = vec16_splat(88.3762626647949f), lo = vec16_splat(-87.3365478515625f);
-    vec16 xc = vec16_select((x >= lo) & (x <= hi), x, vec16_splat(0.0f));
-    vec16 n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    vec16 r = xc - n * 0.693359375f - n * -2.12194440e-4f;
+/* e^x for x already in [-87.33, 88.37] (or NaN, which stays NaN): vec_expf's range reduction and
+ * polynomial without its range handling, for callers that clamp (gelu.c) or select around it */
+static inline vec16 vec16_expf_in_range(vec16 x) {
+    vec16 n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    vec16 r = x - n * 0.693359375f - n * -2.12194440e-4f;
     vec16 p = vec16_splat(1.9875691500e-4f);
     p = p * r + 1.3981999507e-3f;
     p = p * r + 8.3334519073e-3f;
@@ -148,7 +156,14 @@ static inline vec16 vec16_expf(vec16 x) {
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
     vec16i e = (__builtin_convertvector(n, vec16i) + 127) << 23;
-    vec16 y = p * (vec16)e;
+    return p * (vec16)e;
+}
+
+/* vec_expf on 16 lanes, operation for operation, so both give the same bits */
+static inline vec16 vec16_expf(vec16 x) {
+    const vec16 hi = vec16_splat(88.3762626647949f), lo = vec16_splat(-87.3365478515625f);
+    vec16 xc = vec16_select((x >= lo) & (x <= hi), x, vec16_splat(0.0f));
+    vec16 y = vec16_expf_in_range(xc);
     y = vec16_select(x < lo, vec16_splat(0.0f), y);
     y = vec16_select(x > hi, vec16_splat(INFINITY), y);
     return vec16_select(x != x, x, y);
