@@ -137,8 +137,18 @@ def generate(
         with no_grad():
             return _generate(model, ids, max_new_tokens, temperature, top_k, rng, on_token, None)
     generation = _generation_of(model)
-    with generation.lock, no_grad():
-        return _generate(model, ids, max_new_tokens, temperature, top_k, rng, on_token, generation)
+    if not generation.lock.acquire(blocking=False):
+        # the model's kept state is in use (another thread, or a generate() from an on_token
+        # callback): this call gets a state of its own rather than waiting or sharing its cache
+        generation = _Generation(model)
+        generation.lock.acquire()
+    try:
+        with no_grad():
+            return _generate(
+                model, ids, max_new_tokens, temperature, top_k, rng, on_token, generation
+            )
+    finally:
+        generation.lock.release()
 
 
 def _generate(

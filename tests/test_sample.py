@@ -138,3 +138,18 @@ def test_generation_state_is_reused_and_renewed_when_parameters_move(cpu_backend
 def test_a_prompt_id_outside_the_vocabulary_is_named(model):
     with pytest.raises(TokenIdError, match=f"token id {CFG.vocab_size}"):
         generate(model, [CFG.vocab_size], 3, 0.0)
+
+
+def test_generate_from_inside_a_generation_gets_its_own_state(model):
+    # an on_token callback that samples too: the inner call must not wait for the outer one's
+    # lock, nor share its cache
+    inner: list[list[int]] = []
+    alone = generate(model, [2], 5, 0.0)
+
+    def on_token(token: int) -> None:
+        if not inner:
+            inner.append(generate(model, [2], 5, 0.0))
+
+    outer = generate(model, [1, 2], 20, 0.0, on_token=on_token)
+    assert inner == [alone]
+    assert outer == generate(model, [1, 2], 20, 0.0)
