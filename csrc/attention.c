@@ -176,6 +176,7 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
 void attention_cached_forward(float* out, float* kcache, float* vcache, const float* qkv,
                               const int32_t* positions, size_t B, size_t T, size_t C, size_t NH,
                               size_t TMAX, size_t first) {
+    if (T == 0) return; /* nothing new: positions holds no element to read */
     size_t pos = (size_t)positions[0];
     size_t HS = C / NH;
     size_t TQ = T - first; /* queries computed: first .. T-1, output rows 0 .. TQ-1 */

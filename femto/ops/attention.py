@@ -97,13 +97,15 @@ class AttentionCached(Op):
                 f"attention_cached: {T} new positions at pos {self.pos} do not fit caches "
                 f"{kcache.shape} / {vcache.shape} (need equal shapes and pos + T <= TMAX={TMAX})"
             )
-        want = (self.pos, self.pos + T - 1)
+        want = (self.pos, self.pos + T - 1) if T else None  # an empty tensor holds no range
         if positions.dtype != "int32" or positions.shape != (T,) or positions.value_range != want:
             raise ShapeError(
                 f"attention_cached: {T} new positions at pos {self.pos} need positions int32 ({T},) "
-                f"holding {want[0]}..{want[1]}, got {positions.dtype} {positions.shape} holding "
-                f"{positions.value_range}"
+                f"holding {self.pos}..{self.pos + T - 1}, got {positions.dtype} {positions.shape} "
+                f"holding {positions.value_range}"
             )
+        if self.last_only and T == 0:
+            raise ShapeError(f"attention_cached: last_only needs a new token, got qkv {qkv.shape}")
         first = T - 1 if self.last_only else 0
         out = self.output((B, T - first, C))
         self.backend.run(

@@ -174,3 +174,12 @@ def test_cached_last_only_is_the_last_row_and_stores_every_key(backend, rng, pos
     assert_close(last, full[:, -1:], 1e-5, "last row")
     for got, want in zip(caches[True][1], caches[False][1]):
         np.testing.assert_array_equal(got, want)
+
+
+def test_cached_with_no_new_tokens(backend):
+    qkv = Tensor.zeros((1, 0, 12), backend)
+    kv = Tensor.zeros((1, 2, 4, 2), backend)
+    with no_grad():
+        assert attention_cached(qkv, kv, kv, 2, 0).shape == (1, 0, 4)
+        with pytest.raises(ShapeError, match="last_only needs a new token"):
+            attention_cached(qkv, kv, kv, 2, 0, last_only=True)
