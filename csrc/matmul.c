@@ -389,7 +389,8 @@ void matmul_forward(float* out, const float* inp, const float* weight, const flo
 #pragma omp parallel for schedule(static) if (N * C * OC >= SERIAL_MACS)
         for (size_t b = 0; b < nblocks; b++) {
             const size_t o0 = b * GEMV_OB, on = min_sz(GEMV_OB, OC - o0);
-            for (size_t r = 0; r < N; r++) gemv_block(out + r * OC, inp + r * C, weight, bias, C, o0, on);
+            for (size_t r = 0; r < N; r++)
+                gemv_block(out + r * OC, inp + r * C, weight, bias, C, o0, on);
         }
         return;
     }
