@@ -9,11 +9,9 @@ exceeds block_size (the cache is rebuilt from the last block_size tokens). It do
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import pathlib
 import statistics
-import subprocess
 import sys
 import time
 
@@ -22,7 +20,8 @@ from train_speed import (
     config_dict,
     parse_common_args,
     peak_rss_mib,
-    worker_env,
+    spawn,
+    torch_wanted,
     write_json,
 )
 
@@ -81,20 +80,6 @@ def run_worker(framework: str, config: str, threads: int, tokens: int, repeats: 
     return result
 
 
-def spawn(framework: str, config: str, args: argparse.Namespace) -> dict:
-    cmd = [
-        sys.executable, str(pathlib.Path(__file__).resolve()), "--worker", framework,
-        "--configs", config, "--threads", str(args.threads), "--tokens", str(args.tokens),
-        "--repeats", str(args.repeats),
-    ]  # fmt: skip
-    proc = subprocess.run(
-        cmd, check=False, capture_output=True, text=True, env=worker_env(args.threads)
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"{framework} worker for config {config} failed:\n{proc.stderr}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def format_table(rows: list[dict]) -> str:
     head = (
         f"{'cfg':<4}{'framework':<10}{'cache tok/s':>13}{'no-cache tok/s':>16}{'RSS MiB':>9}"
@@ -132,14 +117,18 @@ def main(argv: list[str] | None = None) -> None:
         result = run_worker(args.worker, args.configs[0], args.threads, args.tokens, args.repeats)
         print(json.dumps(result))
         return
-    with_torch = not args.no_torch and importlib.util.find_spec("torch") is not None
-    if not args.no_torch and not with_torch:
-        print("torch is not installed (pip install -e '.[bench]'): timing femto only")
+    with_torch = torch_wanted(args)
+    script = pathlib.Path(__file__).resolve()
+    worker_args = ["--tokens", str(args.tokens), "--repeats", str(args.repeats)]
+
+    def run(framework: str, config: str) -> dict:
+        return spawn(script, framework, config, args.threads, worker_args)
+
     rows = []
     for config in args.configs:
-        row: dict = {"config": config, **config_dict(config), "femto": spawn("femto", config, args)}
+        row: dict = {"config": config, **config_dict(config), "femto": run("femto", config)}
         if with_torch:
-            row["torch"] = spawn("torch", config, args)
+            row["torch"] = run("torch", config)
             row["speed_ratio"] = (
                 row["femto"]["cache_tokens_per_s"] / row["torch"]["cache_tokens_per_s"]
             )

@@ -152,18 +152,26 @@ def worker_env(threads: int) -> dict[str, str]:
     return env
 
 
-def spawn(script: pathlib.Path, framework: str, config: str, args: argparse.Namespace) -> dict:
-    """Run one worker in a fresh interpreter and return its JSON result."""
+def spawn(
+    script: pathlib.Path, framework: str, config: str, threads: int, worker_args: list[str]
+) -> dict:
+    """Run one worker of `script` in a fresh interpreter and return its JSON result."""
     cmd = [
         sys.executable, str(script), "--worker", framework, "--configs", config,
-        "--threads", str(args.threads), "--warmup", str(args.warmup), "--steps", str(args.steps),
+        "--threads", str(threads), *worker_args,
     ]  # fmt: skip
-    proc = subprocess.run(
-        cmd, check=False, capture_output=True, text=True, env=worker_env(args.threads)
-    )
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=worker_env(threads))
     if proc.returncode != 0:
         raise SystemExit(f"{framework} worker for config {config} failed:\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def torch_wanted(args: argparse.Namespace) -> bool:
+    """Whether to time PyTorch: unless --no-torch, when it is installed (else say so)."""
+    with_torch = not args.no_torch and importlib.util.find_spec("torch") is not None
+    if not args.no_torch and not with_torch:
+        print("torch is not installed (pip install -e '.[bench]'): timing femto only")
+    return with_torch
 
 
 def best_of(results: list[dict]) -> dict:
@@ -238,9 +246,7 @@ def main(argv: list[str] | None = None) -> None:
         result = run_worker(args.worker, args.configs[0], args.threads, args.warmup, args.steps)
         print(json.dumps(result))
         return
-    with_torch = not args.no_torch and importlib.util.find_spec("torch") is not None
-    if not args.no_torch and not with_torch:
-        print("torch is not installed (pip install -e '.[bench]'): timing femto only")
+    with_torch = torch_wanted(args)
     frameworks = ["femto", "torch"] if with_torch else ["femto"]
     script = pathlib.Path(__file__).resolve()
     rows = []
@@ -248,7 +254,8 @@ def main(argv: list[str] | None = None) -> None:
         runs: dict[str, list[dict]] = {f: [] for f in frameworks}
         for _ in range(args.rounds):
             for framework in frameworks:
-                runs[framework].append(spawn(script, framework, config, args))
+                worker_args = ["--warmup", str(args.warmup), "--steps", str(args.steps)]
+                runs[framework].append(spawn(script, framework, config, args.threads, worker_args))
         row: dict[str, Any] = {"config": config, **config_dict(config)}
         row["femto"] = best_of(runs["femto"])
         if with_torch:
