@@ -75,4 +75,8 @@ void adamw_update(float* param, float* m, float* v, const float* grad, const flo
                   float grad_clip, float grad_divisor, int step);
 void sum_squares(float* out, const float* inp, size_t N);
 
+/* nonfinite.c: flag[0] = 1 if any of inp's N elements is NaN or +-inf, else flag is left as it is
+ * (so one zeroed flag collects several buffers); shapes in femto/ops/nonfinite.py. */
+void nonfinite_forward(float* flag, const float* inp, size_t N);
+
 #endif

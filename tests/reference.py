@@ -197,3 +197,9 @@ def clip_grad_scale(grad_sumsq, grad_clip, grad_divisor):
 
 def sum_squares(inp: np.ndarray) -> float:
     return float(np.dot(inp.reshape(-1), inp.reshape(-1)))
+
+
+def nonfinite_forward(*inputs: np.ndarray) -> np.ndarray:
+    """(1,) flag: 1.0 when any element of any input is NaN or +-inf (tested in float64)."""
+    found = any(not np.isfinite(np.asarray(x, np.float64)).all() for x in inputs)
+    return np.array([1.0 if found else 0.0])

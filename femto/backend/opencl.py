@@ -591,6 +591,11 @@ def _sum_squares(be, bufs, s) -> list[Launch]:
     ]
 
 
+def _nonfinite_forward(be, bufs, s) -> list[Launch]:
+    flag, inp = bufs
+    return [("nonfinite_forward", *_elementwise(s["N"]), [flag, inp, i32(s["N"])])]
+
+
 LAUNCHES: dict[str, Callable[..., list[Launch]]] = {
     "matmul_forward": _matmul_forward,
     "matmul_backward": _matmul_backward,
@@ -611,6 +616,7 @@ LAUNCHES: dict[str, Callable[..., list[Launch]]] = {
     "crossentropy_backward": _crossentropy_backward,
     "adamw_update": _adamw_update,
     "sum_squares": _sum_squares,
+    "nonfinite_forward": _nonfinite_forward,
 }
 
 # CL kernel name -> the .cl file (stem) that defines it
@@ -643,4 +649,5 @@ STEMS: dict[str, str] = {
     "adamw_update": "adamw",
     "sum_squares_partial": "adamw",
     "sum_squares": "adamw",
+    "nonfinite_forward": "nonfinite",
 }

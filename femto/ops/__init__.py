@@ -8,6 +8,7 @@ from femto.ops.embedding import Embedding, embedding
 from femto.ops.gelu import GELU, gelu
 from femto.ops.layernorm import LayerNorm, layernorm
 from femto.ops.matmul import Matmul, matmul
+from femto.ops.nonfinite import NonFinite, nonfinite
 
 ALL_OPS = (
     Add,
@@ -19,6 +20,7 @@ ALL_OPS = (
     GELU,
     LayerNorm,
     Matmul,
+    NonFinite,
 )
 
 __all__ = [
@@ -32,6 +34,7 @@ __all__ = [
     "Embedding",
     "LayerNorm",
     "Matmul",
+    "NonFinite",
     "add",
     "attention",
     "attention_cached",
@@ -41,4 +44,5 @@ __all__ = [
     "gelu",
     "layernorm",
     "matmul",
+    "nonfinite",
 ]
