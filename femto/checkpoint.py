@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from femto.errors import CheckpointError, ConfigError
-from femto.fileio import fsync_directory, write_atomic, write_synced
+from femto.errors import CheckpointError, ConfigError, WriteFailed
+from femto.fileio import append_line, fsync_directory, write_atomic, write_failed, write_synced
 from femto.model import GPTConfig
+from femto.runlock import checkpoint_lock
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
@@ -254,8 +255,12 @@ def save_checkpoint(
     checkpoint; a crash after it is finished by the next save, and readers already see the new one.
     """
     run_dir = pathlib.Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    finish_interrupted_commit(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with checkpoint_lock(run_dir, exclusive=True):  # readers see no file move half-way
+            finish_interrupted_commit(run_dir)
+    except OSError as exc:
+        raise write_failed(exc.filename or run_dir, exc) from None
     meta = {
         "format": "pt",
         "femto_step": str(state.step),
@@ -266,11 +271,30 @@ def save_checkpoint(
         OPTIMIZER_FILE: safetensors_pieces(optimizer_state, meta),
         CONFIG_FILE: (json.dumps(state.to_json(), indent=2) + "\n").encode("utf-8"),
     }
-    for name, data in contents.items():
-        write_synced(run_dir / _pending_name(name), data)
-    fsync_directory(run_dir)
-    write_atomic(_journal_path(run_dir), json.dumps({"files": list(contents)}).encode("utf-8"))
-    finish_interrupted_commit(run_dir)
+    try:
+        for name, data in contents.items():
+            write_synced(run_dir / _pending_name(name), data)
+        fsync_directory(run_dir)
+        with checkpoint_lock(run_dir, exclusive=True):
+            write_atomic(
+                _journal_path(run_dir), json.dumps({"files": list(contents)}).encode("utf-8")
+            )
+    except BaseException as exc:
+        # no journal, so the pending files are not a checkpoint yet: drop them, keep the old one
+        for name in contents:
+            (run_dir / _pending_name(name)).unlink(missing_ok=True)
+        if isinstance(exc, (WriteFailed, OSError)):
+            cause = exc if isinstance(exc, WriteFailed) else write_failed(run_dir, exc)
+            raise WriteFailed(
+                f"the checkpoint of step {state.step} was not saved: {cause} "
+                f"({run_dir} keeps its previous checkpoint)"
+            ) from None
+        raise
+    try:
+        with checkpoint_lock(run_dir, exclusive=True):
+            finish_interrupted_commit(run_dir)
+    except OSError as exc:  # the journal is whole: the next start rolls this commit forward
+        raise write_failed(run_dir, exc) from None
 
 
 def load_state(run_dir: pathlib.Path) -> RunState:
@@ -394,16 +418,11 @@ def _read(run_dir: pathlib.Path, name: str) -> bytes:
 
 
 def append_metrics(run_dir: pathlib.Path, record: dict) -> None:
-    """Append one JSON line; a single write of a whole line, fsynced, so a crash loses at most it."""
+    """Append one JSON line, fsynced; a failed write leaves no partial line (fileio.append_line)."""
     run_dir = pathlib.Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     line = (json.dumps(record, separators=(",", ":")) + "\n").encode("utf-8")
-    fd = os.open(run_dir / METRICS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    append_line(run_dir / METRICS_FILE, line)
 
 
 def read_metrics(run_dir: pathlib.Path) -> list[dict]:

@@ -7,6 +7,7 @@ traceback.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import os
 import pathlib
@@ -15,6 +16,11 @@ import sys
 import click
 
 from femto.errors import FemtoError
+
+
+_WRITE_ERRNOS = {
+    errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO,
+}  # fmt: skip
 
 
 def user_errors(func):
@@ -26,6 +32,13 @@ def user_errors(func):
             return func(*args, **kwargs)
         except FemtoError as exc:
             raise click.ClickException(str(exc)) from None
+        except OSError as exc:
+            # a full, read-only or failing disk is the machine's state, not a bug: one line
+            if exc.errno not in _WRITE_ERRNOS:
+                raise
+            from femto.fileio import write_failed
+
+            raise click.ClickException(str(write_failed(exc.filename or "a file", exc))) from None
 
     return wrapper
 
@@ -122,28 +135,66 @@ _GPT_MODEL_FIELDS = ("block_size", "n_layer", "n_head", "n_embd", "dropout", "bi
 @_gpt_option("--seed", "seed", "Seed for init, batches and dropout.", type=int)
 @user_errors
 def train(out: str, **options) -> None:
-    """Train a GPT, or resume the run in --out. Ctrl-C finishes the step, saves and exits."""
+    """Train a GPT, or resume the run in --out. Ctrl-C (or SIGTERM) finishes the step, saves and
+    exits."""
     import signal
-    import threading
-
-    import numpy as np
 
     from femto import train as training
-    from femto.errors import TokenizerError
-    from femto.sample import encode_prompt, generate
 
     model_options = {k: options.pop(k) for k in _GPT_MODEL_FIELDS}
     run_dir = pathlib.Path(out)
     cache_root = _gpt_cache_root()
+    # ---- faults: one trainer per run directory; SIGTERM is Ctrl-C; start-up interrupts are clean --
+    from femto.runlock import TrainerLock
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    startup_sigterm = signal.signal(signal.SIGTERM, interrupt)
+    lock = None
+    try:
+        lock = TrainerLock(run_dir)
+        run = _gpt_prepare(training, run_dir, model_options, options, cache_root)
+    except KeyboardInterrupt:
+        if lock is not None:
+            lock.release(remove_dir_if_empty=True)
+        raise click.ClickException(
+            f"interrupted during start-up: nothing trained, {run_dir} left as it was"
+        ) from None
+    except BaseException:
+        if lock is not None:
+            lock.release(remove_dir_if_empty=True)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, startup_sigterm)
+    try:
+        _gpt_train(training, run, run_dir)
+    finally:
+        lock.release()
+
+
+def _gpt_prepare(training, run_dir: pathlib.Path, model_options: dict, options: dict, cache_root):
     progress = _gpt_encoding_progress(options.get("data") or "the corpus")
     try:
-        run = training.prepare_run(
+        return training.prepare_run(
             run_dir, model_options, options, cache_root / "tokens", cache_root / "datasets",
             progress,
         )  # fmt: skip
     finally:
         if progress is not None:
             progress.close()
+
+
+def _gpt_train(training, run, run_dir: pathlib.Path) -> None:
+    """The training loop of `femto train`, its progress lines and its Ctrl-C / SIGTERM handling."""
+    import signal
+    import threading
+
+    import numpy as np
+
+    from femto.errors import TokenizerError
+    from femto.sample import encode_prompt, generate
+
     cfg, state = run.config, run.state
     if state.step >= cfg.steps:
         click.echo(
@@ -163,9 +214,8 @@ def train(out: str, **options) -> None:
         if stop.is_set():
             raise KeyboardInterrupt  # a second Ctrl-C: stop now, the last checkpoint stays
         stop.set()
-        click.echo(
-            "\ninterrupted: finishing this step and saving (Ctrl-C again to abort)", err=True
-        )
+        name = "SIGTERM" if signum == signal.SIGTERM else "interrupted"
+        click.echo(f"\n{name}: finishing this step and saving (Ctrl-C again to abort)", err=True)
 
     def on_event(event: dict) -> None:
         kind = event["kind"]
@@ -200,10 +250,12 @@ def train(out: str, **options) -> None:
             click.echo("-" * 40)
 
     previous = signal.signal(signal.SIGINT, on_sigint)
+    previous_term = signal.signal(signal.SIGTERM, on_sigint)  # schedulers and `docker stop`
     try:
         final = training.train(run, on_event, stop)
     finally:
         signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, previous_term)
     best = f"{final.best_val_loss:.4f}" if final.best_val_loss is not None else "-"
     click.echo(f"done: step {final.step}, best val loss {best}, run in {run_dir}")
 

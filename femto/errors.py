@@ -39,3 +39,12 @@ class ExtensionBuildError(BackendUnavailable, ImportError):
 
 class KernelBuildError(FemtoError):
     """An OpenCL kernel file failed to compile; the message carries the file and the build log."""
+
+
+class TrainingDiverged(FemtoError):
+    """Training reached a non-finite or exploding state; the last checkpoint was kept, not replaced."""
+
+
+class WriteFailed(FemtoError):
+    """A file could not be written (disk full, size limit, read-only, no permission, I/O error); the
+    message names the file and the cause, and the partial file is already removed."""

@@ -104,12 +104,17 @@ class AdamW:
             raise ConfigError("grad_norm() is known only after the first optimizer step")
         return math.sqrt(max(float(self._sumsq.numpy()[0]), 0.0)) / self._last_divisor
 
-    def step(self, lr: float | None = None, grad_divisor: float = 1.0) -> None:
+    def step(
+        self, lr: float | None = None, grad_divisor: float = 1.0, skip_nonfinite: bool = False
+    ) -> bool:
         """Apply one update with the gradients divided by grad_divisor (e.g. the number of accumulated
-        micro-batches), clipped to global norm grad_clip."""
+        micro-batches), clipped to global norm grad_clip. With skip_nonfinite, the gradient norm is
+        read back first and a NaN or infinite one skips the update (moments and step count
+        untouched): a clip factor of 0 times an infinite gradient would write NaN into every
+        parameter. Returns whether the update was applied."""
         lr = self.lr if lr is None else lr
         if self._sumsq is None:
-            return
+            return True
         self._check_packed()
         backend = self._sumsq.backend
         backend.zero_(self._sumsq.data)
@@ -117,6 +122,8 @@ class AdamW:
         for group in self._groups:
             backend.run("sum_squares", self._sumsq.data, group.storage["grad"], N=group.size)
         self._last_divisor = grad_divisor
+        if skip_nonfinite and not math.isfinite(float(self._sumsq.numpy()[0])):
+            return False
         self.step_count += 1
         beta1, beta2 = self.betas
         for group in self._groups:
@@ -127,6 +134,16 @@ class AdamW:
                 weight_decay=group.weight_decay, grad_clip=self.grad_clip,
                 grad_divisor=grad_divisor, step=self.step_count,
             )  # fmt: skip
+        return True
+
+    def state_tensors(self) -> dict[str, list[Tensor]]:
+        """The whole optimized state on the device, by kind ("parameters", "exp_avg", "exp_avg_sq"),
+        one flat tensor per weight-decay group: what a check before a save looks at."""
+        kinds = {"parameters": "param", "exp_avg": "m", "exp_avg_sq": "v"}
+        return {
+            label: [Tensor(g.storage[kind], (g.size,), self._sumsq.backend) for g in self._groups]
+            for label, kind in kinds.items()
+        }
 
     def _check_packed(self) -> None:
         """Every parameter must still live in this optimizer's storage, and its gradient too. A

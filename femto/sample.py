@@ -26,6 +26,7 @@ from femto.backend.base import get_backend
 from femto.errors import ConfigError, TokenizerError
 from femto.graph import Tensor, no_grad
 from femto.model import GPT
+from femto.runlock import checkpoint_lock
 from femto.tokenizers.base import Tokenizer, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -41,19 +42,24 @@ class LoadedRun:
 
 
 def load_tokenizer_of(run_dir: pathlib.Path) -> tuple[Tokenizer, ckpt.RunState]:
-    state = ckpt.load_state(run_dir)
-    return load_tokenizer(pathlib.Path(run_dir), state.tokenizer), state
+    """The tokenizer and state of a run, read as one checkpoint even while a trainer saves."""
+    with checkpoint_lock(run_dir, exclusive=False):
+        state = ckpt.load_state(run_dir)
+        return load_tokenizer(pathlib.Path(run_dir), state.tokenizer), state
 
 
 def load_run(run_dir: pathlib.Path, device: str = "cpu") -> LoadedRun:
-    """The model (weights checked against config.json) and tokenizer of a run; read-only."""
-    tokenizer, state = load_tokenizer_of(run_dir)
+    """The model (weights checked against config.json) and tokenizer of a run; read-only, and
+    consistent while a trainer saves (its commit waits for this read, and this read for it)."""
+    with checkpoint_lock(run_dir, exclusive=False):
+        state = ckpt.load_state(run_dir)
+        tokenizer = load_tokenizer(pathlib.Path(run_dir), state.tokenizer)
+        weights = ckpt.load_weights(run_dir, state)
     if tokenizer.vocab_size != state.model.vocab_size:
         raise ckpt.CheckpointError(
             f"{run_dir}: the tokenizer has {tokenizer.vocab_size} symbols but the model's vocab_size "
             f"is {state.model.vocab_size}"
         )
-    weights = ckpt.load_weights(run_dir, state)
     model = GPT(state.model, get_backend(device))
     model.load_numpy(weights, str(pathlib.Path(run_dir) / ckpt.MODEL_FILE))
     return LoadedRun(model, tokenizer, state)

@@ -28,7 +28,8 @@ from femto.data import (
     train_tokenizer,
     train_val_split,
 )
-from femto.errors import CheckpointError, ConfigError
+from femto.divergence import DivergenceGuard
+from femto.errors import CheckpointError, ConfigError, TrainingDiverged
 from femto.graph import Tensor, no_grad
 from femto.model import GPT, GPTConfig
 from femto.optim import AdamW
@@ -344,8 +345,18 @@ def train(
     t_start = time.perf_counter()
     train_time = 0.0
 
+    # ---- divergence guard (femto/divergence.py): skip bad steps, never save a diverged state ----
+    guard = DivergenceGuard(model, optimizer, run.train_tokens, B, cfg.seed)
+
     def save() -> None:
         nonlocal saved_step
+        problem = guard.state_problem()
+        if problem is not None:
+            kept = f"step {saved_step}" if saved_step >= 0 else "no checkpoint"
+            raise TrainingDiverged(
+                f"training diverged at step {state.step}: {problem}; not saved, {run_dir} keeps "
+                f"{kept} (lower --lr, now {cfg.lr})"
+            )
         state.rng = {"data": data_rng.bit_generator.state}
         state.tokenizer = tokenizer_description
         state.train = cfg.to_dict()
@@ -361,15 +372,17 @@ def train(
             x, y = get_batch(run.train_tokens, B, T, data_rng)  # (B, T) each
             loss_sum += micro_step(x, y, data_rng)
         loss_value = loss_sum / accum
-        if not math.isfinite(loss_value):
-            raise ConfigError(
-                f"training diverged at step {state.step + 1}: loss is {loss_value} "
-                f"(lower --lr, now {cfg.lr})"
-            )
         # gradients are complete here: a data-parallel run would all-reduce them at this point and
         # pass grad_divisor = accum * world_size
-        optimizer.step(lr, grad_divisor=accum)
+        problem = guard.loss_problem(loss_value)
+        if problem is None and not optimizer.step(lr, grad_divisor=accum, skip_nonfinite=True):
+            problem = "gradient norm is not finite"
         model.zero_grad()
+        if problem is None:
+            guard.accepted(loss_value)
+        else:
+            guard.skipped(state.step + 1, problem)  # raises after several in a row
+            emit({"kind": "skip", "step": state.step + 1, "reason": problem})
         backend.synchronize()
         dt = time.perf_counter() - t0
         train_time += dt
@@ -395,9 +408,14 @@ def train(
         }
         if val_loss is not None:
             record["val_loss"] = val_loss
-        if state.step % cfg.log_every == 0 or val_loss is not None or state.step == cfg.steps:
-            record["grad_norm"] = optimizer.grad_norm()  # read back on logged steps only
-            ckpt.append_metrics(run_dir, record)
+        if problem is not None:
+            record["skipped"] = True
+        logged = state.step % cfg.log_every == 0 or val_loss is not None or state.step == cfg.steps
+        if logged or problem is not None:
+            if problem is None:
+                record["grad_norm"] = optimizer.grad_norm()  # read back on logged steps only
+            finite = math.isfinite(loss_value)  # JSON has no NaN: a skipped bad loss is null
+            ckpt.append_metrics(run_dir, record if finite else {**record, "loss": None})
         emit({
             "kind": "step", **record, "steps": cfg.steps, "val_loss": last_val,
             "elapsed_s": time.perf_counter() - t_start,

@@ -24,12 +24,15 @@ BELOW_TRAIN = [
     "femto.backend.*",
     "femto.tokenizers",
     "femto.tokenizers.*",
+    "femto.runlock",
+    "femto.divergence",
 ]
 # module pattern -> femto modules it may import (first matching row wins)
 TABLE = [
     ("femto", ["femto.backend", "femto.backend.cpu"]),  # __init__ checks the extension on import
     ("femto.errors", []),
     ("femto.fileio", []),  # the bottom layer beside errors: durable writes, stdlib only
+    ("femto.runlock", []),  # beside fileio: OS file locks on a run directory, stdlib only
     ("femto.backend", ["femto.backend.base"]),
     ("femto.backend.cpu", ["femto.backend.base", "femto._cpu"]),
     ("femto.backend.*", ["femto.backend.base"]),
@@ -41,7 +44,15 @@ TABLE = [
     ("femto.tokenizers", ["femto.tokenizers.*"]),
     ("femto.tokenizers.*", ["femto.tokenizers.*"]),
     ("femto.data", ["femto.tokenizers", "femto.tokenizers.base"]),
-    ("femto.checkpoint", ["femto.model", "femto.tokenizers", "femto.tokenizers.*", "femto.optim"]),
+    (
+        "femto.checkpoint",
+        ["femto.model", "femto.tokenizers", "femto.tokenizers.*", "femto.optim", "femto.runlock"],
+    ),
+    # the train layer's guard against divergence: model, optim and the nonfinite op, below train
+    (
+        "femto.divergence",
+        ["femto.model", "femto.optim", "femto.ops", "femto.ops.*", "femto.graph", "femto.data"],
+    ),
     ("femto.train", BELOW_TRAIN),
     ("femto.sample", BELOW_TRAIN),
     ("femto.evaluate", BELOW_TRAIN),  # not in STYLE.md's table yet: `femto eval` sits beside sample
@@ -55,6 +66,7 @@ TABLE = [
             "femto.tokenizers.*",
             "femto.data",
             "femto.checkpoint",
+            "femto.runlock",
         ],
     ),
     ("femto.__main__", ["femto.cli"]),  # `python -m femto` is the femto command
