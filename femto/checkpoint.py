@@ -284,7 +284,9 @@ def save_checkpoint(
         for name in contents:
             (run_dir / _pending_name(name)).unlink(missing_ok=True)
         if isinstance(exc, (WriteFailed, OSError)):
-            cause = exc if isinstance(exc, WriteFailed) else write_failed(run_dir, exc)
+            cause = str(exc if isinstance(exc, WriteFailed) else write_failed(run_dir, exc))
+            for name in contents:  # name the file the user knows, not its pending copy
+                cause = cause.replace(str(run_dir / _pending_name(name)), str(run_dir / name))
             raise WriteFailed(
                 f"the checkpoint of step {state.step} was not saved: {cause} "
                 f"({run_dir} keeps its previous checkpoint)"
