@@ -75,12 +75,12 @@ class FailingWrite:
         return self.real(fd, data)
 
 
-@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO], ids=["ENOSPC", "EIO"])
 # a resumed 2-step run makes about 110 os.write calls: the first are metrics and tokenizer files,
 # then each save writes the model (6 to ~30), the optimizer (~30 to ~55), config.json and the journal
 CALLS = [*range(1, 13), 20, 30, 40, 50, *range(53, 61), 80, 108]
 
 
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO], ids=["ENOSPC", "EIO"])
 @pytest.mark.parametrize("n", CALLS)
 def test_os_write_failing_at_call_n(work, tmp_path, monkeypatch, n, code):
     corpus, env, good = work
