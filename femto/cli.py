@@ -17,7 +17,6 @@ import click
 
 from femto.errors import FemtoError
 
-
 _WRITE_ERRNOS = {
     errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO,
 }  # fmt: skip

@@ -57,7 +57,9 @@ class DivergenceGuard:
 
     def accepted(self, loss: float) -> None:
         self.skips_in_a_row = 0
-        self.mean = loss if self.mean is None else (1 - MEAN_WEIGHT) * self.mean + MEAN_WEIGHT * loss
+        self.mean = (
+            loss if self.mean is None else (1 - MEAN_WEIGHT) * self.mean + MEAN_WEIGHT * loss
+        )
 
     def skipped(self, step: int, reason: str) -> None:
         """Count a skipped step; raise TrainingDiverged once MAX_SKIPS have come in a row."""

@@ -83,7 +83,9 @@ def test_a_bad_step_is_skipped_and_training_goes_on(work, tmp_path, monkeypatch)
     records = [json.loads(line) for line in (run / ckpt.METRICS_FILE).read_text().splitlines()]
     skipped = [r for r in records if r.get("skipped")]
     assert [r["step"] for r in skipped] == [3] and skipped[0]["loss"] is None
-    assert "grad_norm" not in skipped[0] and all("grad_norm" in r for r in records if r not in skipped)
+    assert "grad_norm" not in skipped[0] and all(
+        "grad_norm" in r for r in records if r not in skipped
+    )
     assert ckpt.load_state(run).step == 6
     assert_run_whole(run)
 
@@ -104,7 +106,10 @@ def test_many_bad_steps_in_a_row_stop_with_one_line(work, tmp_path, monkeypatch)
     state = ckpt.load_state(run)
     assert state.step == 6 + MAX_SKIPS - 1 - (6 + MAX_SKIPS - 1) % 2
     for name, loader in (("model", ckpt.load_weights), ("optimizer", ckpt.load_optimizer_state)):
-        now, then = loader(run, state), ckpt.decode_safetensors(before[f"{name}.safetensors"], name)[0]
+        now, then = (
+            loader(run, state),
+            ckpt.decode_safetensors(before[f"{name}.safetensors"], name)[0],
+        )
         assert now.keys() == then.keys() and all(np.array_equal(now[k], then[k]) for k in now)
 
 
@@ -140,7 +145,7 @@ def test_state_check_names_what_is_not_finite(backend, kind):
     guard = DivergenceGuard(model, optimizer, tokens(), 2, seed=0)
     guard.accepted(2.4)
     assert guard.state_problem() is None
-    name = sorted(model.params)[-1]
+    name = max(model.params)
     target = {
         "parameters": model.params[name], "exp_avg": optimizer.m[name], "exp_avg_sq": optimizer.v[name]
     }[kind]  # fmt: skip
