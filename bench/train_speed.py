@@ -4,6 +4,8 @@ For each config (A-D of issue 6) it runs femto and, when torch is installed (the
 extra), the PyTorch twin in bench/torch_gpt.py, each in its own subprocess so peak RSS is per
 framework, on the same thread count and batches. It prints the median ms/step over the timed steps,
 tokens/s, model GFLOP/s and peak RSS, and femto's speed ratio to PyTorch. It does not check losses.
+`--load N` keeps N busy processes spinning beside both frameworks (a loaded machine); `--omp-wait`
+sets OMP_WAIT_POLICY (or GOMP_SPINCOUNT) for the femto workers, to measure OpenMP's idle waiting.
 """
 
 from __future__ import annotations
@@ -144,23 +146,43 @@ def run_worker(framework: str, config: str, threads: int, warmup: int, steps: in
 # ---- driver ----
 
 
-def worker_env(threads: int) -> dict[str, str]:
+# --omp-wait choices -> the environment a femto worker gets (libgomp reads it when it loads)
+# ("femto": femto's own choice, OMP_WAIT_POLICY=PASSIVE unless the user set one, see
+# femto/backend/cpu.py; "libgomp": libgomp's default, spinning 300,000 turns before sleeping)
+# (None removes a variable the driver's environment may hold)
+OMP_WAIT: dict[str, dict[str, str | None]] = {
+    "femto": {},
+    "passive": {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": None},
+    "active": {"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": None},
+    "libgomp": {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": "300000"},
+    "spin10k": {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": "10000"},
+}
+
+
+def worker_env(threads: int, extra: dict[str, str | None] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     for var in THREAD_VARS:
         env[var] = str(threads)
+    for var, value in (extra or {}).items():
+        if value is None:
+            env.pop(var, None)
+        else:
+            env[var] = value
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return env
 
 
 def spawn(
-    script: pathlib.Path, framework: str, config: str, threads: int, worker_args: list[str]
-) -> dict:
+    script: pathlib.Path, framework: str, config: str, threads: int, worker_args: list[str],
+    extra_env: dict[str, str | None] | None = None,
+) -> dict:  # fmt: skip
     """Run one worker of `script` in a fresh interpreter and return its JSON result."""
     cmd = [
         sys.executable, str(script), "--worker", framework, "--configs", config,
         "--threads", str(threads), *worker_args,
     ]  # fmt: skip
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=worker_env(threads))
+    env = worker_env(threads, extra_env)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"{framework} worker for config {config} failed:\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -234,10 +256,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (3)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps; the median counts (20)")
     parser.add_argument("--rounds", type=int, default=1, help="alternate runs per framework (1)")
+    parser.add_argument(
+        "--load", type=int, default=0, help="busy processes spinning beside the timed ones (0)"
+    )
+    parser.add_argument(
+        "--omp-wait", choices=sorted(OMP_WAIT), default="femto",
+        help="OpenMP idle-wait setting of the femto workers (femto: femto's own)",
+    )  # fmt: skip
     args = parse_common_args(parser, argv)
-    if args.threads < 1 or args.steps < 1 or args.warmup < 0 or args.rounds < 1:
-        parser.error("--threads, --steps and --rounds must be >= 1 and --warmup >= 0")
+    if args.threads < 1 or args.steps < 1 or args.warmup < 0 or args.rounds < 1 or args.load < 0:
+        parser.error("--threads, --steps and --rounds must be >= 1, --warmup and --load >= 0")
     return args
+
+
+def start_load(n: int) -> list[subprocess.Popen]:
+    """N processes that each keep one core busy (pure Python, no threads) until killed."""
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+
+
+def stop_load(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        proc.kill()
+    for proc in procs:
+        proc.wait()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -250,27 +291,44 @@ def main(argv: list[str] | None = None) -> None:
     frameworks = ["femto", "torch"] if with_torch else ["femto"]
     script = pathlib.Path(__file__).resolve()
     rows = []
-    for config in args.configs:
-        runs: dict[str, list[dict]] = {f: [] for f in frameworks}
-        for _ in range(args.rounds):
-            for framework in frameworks:
-                worker_args = ["--warmup", str(args.warmup), "--steps", str(args.steps)]
-                runs[framework].append(spawn(script, framework, config, args.threads, worker_args))
-        row: dict[str, Any] = {"config": config, **config_dict(config)}
-        row["femto"] = best_of(runs["femto"])
-        if with_torch:
-            row["torch"] = best_of(runs["torch"])
-            row["speed_ratio"] = row["torch"]["ms_per_step"] / row["femto"]["ms_per_step"]
-            row["rss_ratio"] = row["femto"]["peak_rss_mib"] / row["torch"]["peak_rss_mib"]
-        rows.append(row)
-        print(f"config {config} done", file=sys.stderr)
+    load = start_load(args.load)
+    try:
+        for config in args.configs:
+            rows.append(time_config(args, script, config, frameworks, with_torch))
+    finally:
+        stop_load(load)
+    load_note = f", {args.load} busy process(es) beside" if args.load else ""
+    wait_note = f", femto OpenMP wait {args.omp_wait}" if args.omp_wait != "femto" else ""
     print(
         f"training step, {args.threads} threads, median of {args.steps} steps after {args.warmup} "
-        f"warm-up, best of {args.rounds} round(s); speed ratio = PyTorch ms / femto ms"
+        f"warm-up, best of {args.rounds} round(s){load_note}{wait_note}; speed ratio = PyTorch ms "
+        "/ femto ms"
     )
     print(format_table(rows))
     if args.json:
         write_json(args.json, "train_speed", args, rows)
+
+
+def time_config(
+    args: argparse.Namespace, script: pathlib.Path, config: str, frameworks: list[str],
+    with_torch: bool,
+) -> dict:  # fmt: skip
+    runs: dict[str, list[dict]] = {f: [] for f in frameworks}
+    for _ in range(args.rounds):
+        for framework in frameworks:
+            worker_args = ["--warmup", str(args.warmup), "--steps", str(args.steps)]
+            extra = OMP_WAIT[args.omp_wait] if framework == "femto" else None
+            runs[framework].append(
+                spawn(script, framework, config, args.threads, worker_args, extra)
+            )
+    row: dict[str, Any] = {"config": config, **config_dict(config)}
+    row["femto"] = best_of(runs["femto"])
+    if with_torch:
+        row["torch"] = best_of(runs["torch"])
+        row["speed_ratio"] = row["torch"]["ms_per_step"] / row["femto"]["ms_per_step"]
+        row["rss_ratio"] = row["femto"]["peak_rss_mib"] / row["torch"]["peak_rss_mib"]
+    print(f"config {config} done", file=sys.stderr)
+    return row
 
 
 if __name__ == "__main__":

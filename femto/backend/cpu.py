@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import os
 import pathlib
 import sys
 from typing import Any
@@ -18,6 +19,15 @@ from femto.backend.base import DTYPES, Capturing, dtype_name
 from femto.errors import ExtensionBuildError
 
 REBUILD_HINT = "rebuild it with `pip install -e .` (or `python build_ffi.py`) in the femto checkout"
+
+# OpenMP threads that find no work spin before they sleep (libgomp: 300,000 turns, about a
+# millisecond). Alone on a machine that saves a wake-up per parallel region; beside other busy
+# processes a spinning thread holds the core the thread with work needs, and a step ran 15x slower
+# with one busy process beside it (bench/train_speed.py --load 1 --omp-wait libgomp). So femto's
+# threads sleep at once, unless the user chose a policy. libgomp reads this when it loads, which is
+# when the extension below loads (torch bundles its own copy: importing it first changes nothing).
+if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 try:
     from femto import _cpu
