@@ -221,9 +221,22 @@ def parse_common_args(
     return args
 
 
+def cpu_record() -> dict[str, str]:
+    """The CPU's model and the femto kernel path the workers run (they inherit FEMTO_CPU)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from femto.backend import cpu
+
+    error = cpu.cpu_path_error()
+    if error is not None:
+        raise SystemExit(error)
+    return {"cpu": cpu.cpu_model(), "cpu_path": cpu.cpu_path()}
+
+
 def write_json(path: str, benchmark: str, args: argparse.Namespace, rows: list[dict]) -> None:
     """The table as JSON, with the machine and the arguments that produced it."""
     meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count()}
+    meta.update(cpu_record())
     record = {"benchmark": benchmark, **meta, "args": vars(args), "rows": rows}
     pathlib.Path(path).write_text(json.dumps(record, indent=1) + "\n")
 
@@ -249,6 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     with_torch = torch_wanted(args)
     frameworks = ["femto", "torch"] if with_torch else ["femto"]
     script = pathlib.Path(__file__).resolve()
+    machine = cpu_record()
     rows = []
     for config in args.configs:
         runs: dict[str, list[dict]] = {f: [] for f in frameworks}
@@ -266,7 +280,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"config {config} done", file=sys.stderr)
     print(
         f"training step, {args.threads} threads, median of {args.steps} steps after {args.warmup} "
-        f"warm-up, best of {args.rounds} round(s); speed ratio = PyTorch ms / femto ms"
+        f"warm-up, best of {args.rounds} round(s); speed ratio = PyTorch ms / femto ms\n"
+        f"CPU: {machine['cpu']}; femto kernels: {machine['cpu_path']} path"
     )
     print(format_table(rows))
     if args.json:
