@@ -95,6 +95,7 @@ def _openmp_flags() -> tuple[list[str], list[str]] | None:
             cflags = ["-Xpreprocessor", "-fopenmp", f"-I{prefix}/include"]
             ldflags = [f"-L{prefix}/lib", "-lomp", f"-Wl,-rpath,{prefix}/lib"]
             if _compiler_accepts(cflags, ldflags):
+                print(f"femto: OpenMP from the libomp in {prefix}", file=sys.stderr)
                 return cflags, ldflags
     return None
 
