@@ -4,6 +4,8 @@ For every GPT layer shape (N tokens per batch, C = n_embd, OC outputs) it times 
 `inp @ weight.T`, dinp `dout @ weight`, dweight `dout.T @ inp` and the whole backward, femto and numpy
 alternating in one run on the same thread count; prints GFLOP/s and ratios (--json PATH writes them).
 It calls the C kernels through the extension, not the autograd graph (bench/train_speed.py does that).
+The header and the JSON name the CPU, femto's kernel path and OpenBLAS's kernel set. To time the AVX2
+path against an AVX2 numpy on an AVX-512 machine: FEMTO_CPU=avx2 OPENBLAS_CORETYPE=Haswell.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import json
 import math
 import os
 import pathlib
-import platform
 import statistics
 import sys
 import time
@@ -218,19 +219,12 @@ def blas_description() -> str:
         return f"{name} (threads via env: {threads})"
     pools = [p for p in threadpool_info() if p.get("user_api") == "blas"]
     return "; ".join(
-        f"{p['internal_api']} {p['version']} {p['num_threads']} threads" for p in pools
+        f"{p['internal_api']} {p['version']} {p.get('architecture') or ''} kernels, "
+        f"{p['num_threads']} threads"
+        for p in pools
     )
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def summarise(rows: list[dict]) -> dict[str, dict[str, float]]:
@@ -249,10 +243,15 @@ def summarise(rows: list[dict]) -> dict[str, dict[str, float]]:
 
 
 def main(args: argparse.Namespace) -> None:
+    error = cpu_backend.cpu_path_error()
+    if error is not None:
+        raise SystemExit(error)
     CPUBackend.set_num_threads(args.threads)
     blas = blas_description()
+    cpu_name, cpu_path = cpu_backend.cpu_model(), cpu_backend.cpu_path()
     print(
-        f"femto matmul vs numpy {np.__version__} ({blas}) on {cpu_name()}, {args.threads} threads"
+        f"femto matmul ({cpu_path} kernels) vs numpy {np.__version__} ({blas}) on {cpu_name}, "
+        f"{args.threads} threads"
     )
     print(
         f"median of {args.repeats} alternating rounds, batches of >= {args.batch_ms:g} ms, "
@@ -284,7 +283,7 @@ def main(args: argparse.Namespace) -> None:
     if args.json:
         result = {
             "threads": args.threads, "repeats": args.repeats, "batch_ms": args.batch_ms,
-            "settle_ms": args.settle_ms, "cpu": cpu_name(),
+            "settle_ms": args.settle_ms, "cpu": cpu_name, "cpu_path": cpu_path,
             "numpy": np.__version__, "blas": blas, "rows": rows, "summary": summary,
         }  # fmt: skip
         with open(args.json, "w") as f:

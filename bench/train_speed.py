@@ -243,9 +243,22 @@ def parse_common_args(
     return args
 
 
+def cpu_record() -> dict[str, str]:
+    """The CPU's model and the femto kernel path the workers run (they inherit FEMTO_CPU)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from femto.backend import cpu
+
+    error = cpu.cpu_path_error()
+    if error is not None:
+        raise SystemExit(error)
+    return {"cpu": cpu.cpu_model(), "cpu_path": cpu.cpu_path()}
+
+
 def write_json(path: str, benchmark: str, args: argparse.Namespace, rows: list[dict]) -> None:
     """The table as JSON, with the machine and the arguments that produced it."""
     meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count()}
+    meta.update(cpu_record())
     record = {"benchmark": benchmark, **meta, "args": vars(args), "rows": rows}
     pathlib.Path(path).write_text(json.dumps(record, indent=1) + "\n")
 
@@ -290,6 +303,7 @@ def main(argv: list[str] | None = None) -> None:
     with_torch = torch_wanted(args)
     frameworks = ["femto", "torch"] if with_torch else ["femto"]
     script = pathlib.Path(__file__).resolve()
+    machine = cpu_record()
     rows = []
     load = start_load(args.load)
     try:
@@ -302,7 +316,8 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"training step, {args.threads} threads, median of {args.steps} steps after {args.warmup} "
         f"warm-up, best of {args.rounds} round(s){load_note}{wait_note}; speed ratio = PyTorch ms "
-        "/ femto ms"
+        "/ femto ms\n"
+        f"CPU: {machine['cpu']}; femto kernels: {machine['cpu_path']} path"
     )
     print(format_table(rows))
     if args.json:

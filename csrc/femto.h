@@ -1,6 +1,8 @@
 /* femto.h: every C kernel's prototype, and nothing else. build_ffi.py strips the '#' lines and feeds the
  * rest to cffi's cdef, so this file is the single source of truth for the kernel ABI. Each op's shapes are
- * written once, in the docstring of femto/ops/<op>.py (optimizer kernels: femto/optim.py). */
+ * written once, in the docstring of femto/ops/<op>.py (optimizer kernels: femto/optim.py).
+ * The femto_* functions are the runtime's own (threads.c), compiled once; every other function is a
+ * kernel, compiled once per CPU path and dispatched at run time (build_ffi.py generates the dispatch). */
 #ifndef FEMTO_H
 #define FEMTO_H
 #include <stddef.h>
@@ -9,6 +11,8 @@
 /* threads.c */
 void femto_set_num_threads(int n);
 int femto_get_num_threads(void);
+/* 1 when the kernels were built with OpenMP, 0 for the serial build */
+int femto_openmp_enabled(void);
 
 /* matmul.c: out = inp @ weight^T + bias (nn.Linear layout); bias, dinp, dweight, dbias may be NULL.
  * Backward kernels accumulate (+=) into their gradients, except where an `accumulate` flag is 0: then

@@ -1,7 +1,8 @@
 /* matmul.c: linear layer, out = inp @ weight^T + bias, and its backward; shapes in femto/ops/matmul.py.
  * Forward, dinp and dweight all run through one GEMM: each thread packs the B panels it needs,
- * A is read in place (row- or column-major), and an MR x NR tile of C lives in registers (AVX-512,
- * else AVX2+FMA, else portable C). Each element of C is owned by one thread and sees the same operation
+ * A is read in place (row-major) or packed a tile at a time (column-major), and an MR x NR tile of C
+ * lives in registers (AVX-512, else AVX2+FMA, else portable C: build_ffi.py compiles this file once
+ * per CPU path, and the extension picks one at load time). Each element of C is owned by one thread and sees the same operation
  * sequence whatever the thread count, so results are bit-identical at 1 and 2 threads. */
 #include "femto.h"
 #include "gemm.h"
@@ -87,6 +88,8 @@ static inline vf v_add(vf a, vf b) {
  * same blocks at any thread count), NC the columns packed at once. */
 #define KC 256
 #define NC 128
+/* rows of A per pass over a chunk's B panels (a multiple of every MR): MC x KC floats stay in L2 */
+#define MC 48
 /* Below this many multiply-adds a parallel region costs more than it saves. */
 #define SERIAL_MACS 65536
 /* Forward products of at most GEMV_ROWS rows skip the GEMM for dot products, GEMV_OB outputs at a time */
@@ -102,9 +105,12 @@ static inline __attribute__((always_inline)) void tile(const int mr, const int n
                                                        const float* pb, float* c, size_t ldc, int lanes,
                                                        const float* init, size_t init_rs) {
     vf acc[MR][NVMAX];
+    /* masked stores cost a microcoded sequence on AMD's Zen: only a partial last vector uses them */
+    const int full = lanes == VW;
     for (int r = 0; r < mr; r++) {
         for (int v = 0; v < nv - 1; v++) acc[r][v] = v_load(init + r * init_rs + v * VW);
-        acc[r][nv - 1] = v_loadn(init + r * init_rs + (nv - 1) * VW, lanes);
+        const float* last = init + r * init_rs + (nv - 1) * VW;
+        acc[r][nv - 1] = full ? v_load(last) : v_loadn(last, lanes);
     }
     const size_t pbs = (size_t)nv * VW;
     /* kc >= 1 always; a do-while spares GCC the zero-trip path that would keep acc in memory */
@@ -119,7 +125,11 @@ static inline __attribute__((always_inline)) void tile(const int mr, const int n
     } while (++k < kc);
     for (int r = 0; r < mr; r++) {
         for (int v = 0; v < nv - 1; v++) v_store(c + r * ldc + v * VW, acc[r][v]);
-        v_storen(c + r * ldc + (nv - 1) * VW, acc[r][nv - 1], lanes);
+        float* last = c + r * ldc + (nv - 1) * VW;
+        if (full)
+            v_store(last, acc[r][nv - 1]);
+        else
+            v_storen(last, acc[r][nv - 1], lanes);
     }
 }
 
@@ -219,6 +229,27 @@ static void pack_panel(float* dst, const gemm_args* g, size_t pc, size_t kc, siz
     }
 }
 
+/* Column-major A (dout^T) has a row stride of OC floats, a page apart for the lm_head: the tile's
+ * kc x mr block is copied into rows of MR (dst[k*MR + r]) so the tile streams it instead. With
+ * `rowsum` (the first column chunk of the one thread per row block that sums), the copy also adds
+ * each row's sum over this K block to g->a_rowsum. A full vector is read and written where the rows
+ * allow (dst has VW floats of slack): masked stores are slow on AMD's Zen. */
+static void pack_a_tile(float* dst, const gemm_args* g, const float* a_k, size_t kc, size_t i,
+                        size_t mr, int rowsum) {
+    const int full = i + VW <= g->M;
+    vf sum = v_zero();
+    for (size_t k = 0; k < kc; k++) {
+        const float* src = a_k + k * g->lda + i;
+        const vf x = full ? v_load(src) : v_loadn(src, (int)mr);
+        v_store(dst + k * MR, x);
+        if (rowsum) sum = v_add(sum, x);
+    }
+    if (rowsum) {
+        float* rs = g->a_rowsum + i;
+        v_storen(rs, v_add(v_loadn(rs, (int)mr), sum), (int)mr);
+    }
+}
+
 /* Splits the (M, N) output over nthreads as a tm x tn grid of tile-aligned blocks. Short products (the
  * dweight of a small layer) minimise the busiest thread's cost: its multiply-adds plus packing its B
  * columns (every thread packs the panels it uses). Weights are in multiply-add lanes per element. */
@@ -255,12 +286,12 @@ static void choose_grid(const gemm_args* g, int nthreads, int* tm_out, int* tn_o
 }
 
 /* One thread's block of C: rows [i0, i1), column panels [p0, p1). It packs its own B panels, KC rows
- * and NC columns at a time, so threads never wait on each other inside the product. */
+ * and NC columns at a time, so threads never wait on each other inside the product. Within a chunk,
+ * MC rows at a time, each B panel (KC x NR, 16 KiB with AVX2) stays in L1 while the block's A tiles
+ * stream past it from L2: a B panel is the larger operand of a tile, so it is the one kept close. */
 static void gemm_block(const gemm_args* g, size_t i0, size_t i1, size_t p0, size_t p1, int rowsum) {
-    _Alignas(64) float pb[KC * NC]; /* packed B: up to NC/NR panels of KC x NR */
-    _Alignas(64) float pa[KC * MR]; /* one packed tile of column-major A */
-    /* K-blocks outermost: this thread's rows of the A block (at most 1 MiB in these models) stay in L2
-     * while every NC-column chunk of B streams past them. */
+    _Alignas(64) float pb[KC * NC];      /* packed B: up to NC/NR panels of KC x NR */
+    _Alignas(64) float pa[KC * MC + VW]; /* column-major A, MC/MR packed tiles of KC x MR (+ slack) */
     for (size_t pc = 0; pc < g->K; pc += KC) {
         const size_t kc = min_sz(KC, g->K - pc);
         for (size_t q0 = p0; q0 < p1; q0 += NC / NR) {
@@ -268,38 +299,28 @@ static void gemm_block(const gemm_args* g, size_t i0, size_t i1, size_t p0, size
             for (size_t p = q0; p < q1; p++)
                 pack_panel(pb + (p - q0) * kc * NR, g, pc, kc, p * NR, min_sz(NR, g->N - p * NR));
             const float* a_k = g->a + (g->a_rowmajor ? pc : pc * g->lda);
-            for (size_t i = i0; i < i1; i += MR) {
-                const size_t mr = min_sz(MR, i1 - i);
-                const float* a = g->a_rowmajor ? a_k + i * g->lda : pa;
-                if (!g->a_rowmajor) {
-                    /* Column-major A (dout^T) has a row stride of OC floats, a page apart for the lm_head:
-                     * copy the tile's kc x mr block into rows of MR so the tile streams it instead. */
-                    if (rowsum && q0 == p0) {
-                        /* the first column chunk of the one thread per row block that sums */
-                        vf sum = v_zero();
-                        for (size_t k = 0; k < kc; k++) {
-                            vf x = v_loadn(a_k + k * g->lda + i, (int)mr);
-                            v_storen(pa + k * MR, x, (int)mr);
-                            sum = v_add(sum, x);
-                        }
-                        float* rs = g->a_rowsum + i;
-                        v_storen(rs, v_add(v_loadn(rs, (int)mr), sum), (int)mr);
-                    } else {
-                        for (size_t k = 0; k < kc; k++)
-                            v_storen(pa + k * MR, v_loadn(a_k + k * g->lda + i, (int)mr), (int)mr);
-                    }
-                }
+            for (size_t ic = i0; ic < i1; ic += MC) {
+                const size_t ie = min_sz(i1, ic + MC);
+                if (!g->a_rowmajor)
+                    for (size_t i = ic; i < ie; i += MR)
+                        pack_a_tile(pa + (i - ic) * kc, g, a_k, kc, i, min_sz(MR, ie - i),
+                                    rowsum && q0 == p0);
                 for (size_t p = q0; p < q1; p++) {
                     const size_t j = p * NR, w = min_sz(NR, g->N - j), nv = (w + VW - 1) / VW;
-                    float* c = g->c + i * g->ldc + j;
-                    const float* init = c;
-                    size_t init_rs = g->ldc;
-                    if (pc == 0 && !g->accumulate) {
-                        init = g->bias ? g->bias + j : zeros;
-                        init_rs = 0;
+                    const float* bp = pb + (p - q0) * kc * NR;
+                    for (size_t i = ic; i < ie; i += MR) {
+                        const size_t mr = min_sz(MR, ie - i);
+                        const float* a = g->a_rowmajor ? a_k + i * g->lda : pa + (i - ic) * kc;
+                        float* c = g->c + i * g->ldc + j;
+                        const float* init = c;
+                        size_t init_rs = g->ldc;
+                        if (pc == 0 && !g->accumulate) {
+                            init = g->bias ? g->bias + j : zeros;
+                            init_rs = 0;
+                        }
+                        tiles[mr - 1][g->a_rowmajor][nv - 1](kc, a, g->lda, bp, c, g->ldc,
+                                                             (int)(w - (nv - 1) * VW), init, init_rs);
                     }
-                    tiles[mr - 1][g->a_rowmajor][nv - 1](kc, a, g->lda, pb + (p - q0) * kc * NR, c,
-                                                         g->ldc, (int)(w - (nv - 1) * VW), init, init_rs);
                 }
             }
         }

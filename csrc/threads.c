@@ -19,3 +19,11 @@ int femto_get_num_threads(void) {
     return 1;
 #endif
 }
+
+int femto_openmp_enabled(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}

@@ -42,8 +42,29 @@ def user_errors(func):
     return wrapper
 
 
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    """--version: femto's version and the CPU kernel path this machine runs (or why FEMTO_CPU can't)."""
+    if not value or ctx.resilient_parsing:
+        return
+    from femto import __version__
+    from femto.backend import cpu
+
+    error = cpu.cpu_path_error()
+    if error is not None:
+        raise click.ClickException(error)
+    click.echo(f"femto {__version__}; CPU: {cpu.cpu_summary()}")
+    ctx.exit()
+
+
 @click.group()
-@click.version_option(package_name="femto")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Show the version and the CPU kernel path, then exit.",
+)
 def main() -> None:
     """femto: train and sample small GPT language models on C/OpenMP or OpenCL kernels."""
 
@@ -677,13 +698,20 @@ def _gib(nbytes: int) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the device list as JSON.")
 @user_errors
 def devices(as_json: bool) -> None:
-    """List OpenCL platforms and devices, for --device opencl:P:D.
+    """Show the CPU kernel path, and list OpenCL platforms and devices, for --device opencl:P:D.
 
     The device marked * is what plain --device opencl picks: the first GPU, else the first device.
+    --json lists the OpenCL devices only.
     """
     import json
 
-    from femto.backend import opencl  # lazily: pyopencl loads only for this command
+    from femto.backend import cpu, opencl  # lazily: pyopencl loads only for this command
+
+    error = cpu.cpu_path_error()
+    if error is not None:
+        raise click.ClickException(error)
+    if not as_json:
+        click.echo(f"  cpu: {cpu.cpu_summary()}")
 
     rows = opencl.list_devices()
     gpus = [r for r in rows if "GPU" in r["type"]]

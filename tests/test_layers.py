@@ -74,6 +74,7 @@ TABLE = [
 # arrows the table lacks, each pending a decision (STYLE.md: an architecture change to discuss)
 EXCEPTIONS = {
     ("femto.cli", "femto.backend.opencl"): "lazy import for listing OpenCL devices",
+    ("femto.cli", "femto.backend.cpu"): "lazy import: the CPU kernel path in --version and devices",
     ("femto.cli", "femto.model"): "GPTConfig, whose fields the click options mirror",
 }
 LAZY_ONLY = {"pyopencl": "femto.backend.opencl", "sentencepiece": "femto.tokenizers.*"}

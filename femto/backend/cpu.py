@@ -1,5 +1,9 @@
 """The CPU backend: flat numpy buffers, kernels from the cffi extension femto._cpu (csrc/*.c, OpenMP).
 
+The extension holds the kernels once per CPU path (baseline, AVX2+FMA, AVX-512) and picks the fastest
+the CPU supports when it loads, or the one the FEMTO_CPU environment variable names; a FEMTO_CPU it
+cannot honour makes CPUBackend() raise BackendUnavailable.
+
 It checks on import that the extension exists and was built from the sources beside it (in a source
 checkout), so a stale build fails loudly instead of running old kernels.
 """
@@ -10,13 +14,14 @@ import ctypes
 import hashlib
 import os
 import pathlib
+import platform
 import sys
 from typing import Any
 
 import numpy as np
 
 from femto.backend.base import DTYPES, Capturing, dtype_name
-from femto.errors import ExtensionBuildError
+from femto.errors import BackendUnavailable, ExtensionBuildError
 
 REBUILD_HINT = "rebuild it with `pip install -e .` (or `python build_ffi.py`) in the femto checkout"
 
@@ -58,6 +63,79 @@ if _wanted_hash is not None and _wanted_hash != _built_hash:
         f"{REBUILD_HINT}"
     )
 
+# ---- the CPU path: which build of the kernels runs (build_ffi.py compiles one per instruction set) ----
+
+# every path build_ffi.py knows, slowest first; a build holds baseline and, on x86-64 with GCC, the rest
+KNOWN_PATHS = ("baseline", "avx2", "avx512")
+PATH_FEATURES = {"baseline": "no SIMD beyond the architecture's base", "avx2": "AVX2 and FMA",
+                 "avx512": "AVX-512 F/BW/DQ/VL"}
+BUILT_PATHS = tuple(_cpu.ffi.string(_cpu.lib.femto_cpu_paths_built()).decode().split(","))
+SUPPORTED_PATHS = tuple(p for i, p in enumerate(BUILT_PATHS) if _cpu.lib.femto_cpu_path_supported(i))
+OPENMP = bool(_cpu.lib.femto_openmp_enabled())
+
+
+def cpu_path() -> str:
+    """The path whose kernels run: the best this CPU supports, or the one FEMTO_CPU named."""
+    return _cpu.ffi.string(_cpu.lib.femto_cpu_path()).decode()
+
+
+def cpu_path_error() -> str | None:
+    """Why the FEMTO_CPU the extension saw when it loaded cannot be honoured, or None."""
+    status = _cpu.lib.femto_cpu_request_status()
+    if status == 0:
+        return None
+    wanted = _cpu.ffi.string(_cpu.lib.femto_cpu_requested()).decode()
+    if status == 2:
+        return (
+            f"FEMTO_CPU={wanted}: this CPU ({cpu_model()}) lacks {PATH_FEATURES[wanted]}; "
+            f"it runs {', '.join(SUPPORTED_PATHS)} (unset FEMTO_CPU for the fastest)"
+        )
+    if wanted in KNOWN_PATHS:
+        return (
+            f"FEMTO_CPU={wanted}: this build of femto holds only the {', '.join(BUILT_PATHS)} kernels "
+            "(the x86 paths are compiled on x86-64 with GCC); unset FEMTO_CPU"
+        )
+    return (
+        f"FEMTO_CPU={wanted!r} is not a CPU path: use one of {', '.join(BUILT_PATHS)}, "
+        "or unset it for the fastest this CPU runs"
+    )
+
+
+def cpu_model() -> str:
+    """The processor's model name, as the OS reports it (for benchmark records and `femto devices`)."""
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Model", "Hardware") and value.strip():
+                return " ".join(value.split())
+    except OSError:
+        pass
+    if sys.platform == "darwin":
+        import subprocess
+
+        try:
+            brand = subprocess.run(
+                ["sysctl", "-n", "machdep.cpu.brand_string"],
+                capture_output=True, text=True, check=False, timeout=5,
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            brand = ""
+        if brand:
+            return brand
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def cpu_summary() -> str:
+    """One line: the CPU, the kernel path in use and the others, threading."""
+    threads = f"OpenMP, {_cpu.lib.femto_get_num_threads()} threads" if OPENMP else (
+        "serial kernels (built without OpenMP)"
+    )
+    return (
+        f"{cpu_model()}; kernels: {cpu_path()} (this build: {', '.join(BUILT_PATHS)}; "
+        f"this CPU runs: {', '.join(SUPPORTED_PATHS)}); {threads}"
+    )
+
+
 # cffi's from_buffer checks contiguity but not the element type: the dtype is checked here first
 _C_ARRAYS = {np.dtype(np.float32): "float[]", np.dtype(np.int32): "int32_t[]"}
 _DTYPE_NAMES = {np.dtype(np.float32): "float32", np.dtype(np.int32): "int32"}  # dtype.name is slow
@@ -72,7 +150,11 @@ class CPUBackend(Capturing):
     view_alignment = 16  # 64 bytes: a cache line, and one AVX-512 vector
 
     def __init__(self, num_threads: int | None = None):
-        self.device_name = "CPU (OpenMP C kernels)"
+        error = cpu_path_error()
+        if error is not None:  # no kernel runs on a path other than the one asked for
+            raise BackendUnavailable(error)
+        kind = "OpenMP" if OPENMP else "serial"
+        self.device_name = f"CPU ({kind} C kernels, {cpu_path()} path)"
         # free buffers by (dtype, size): activations and gradients of one step serve the next, so a
         # steady training loop allocates nothing and touches no fresh pages
         self._free: dict[tuple[str, int], list[np.ndarray]] = {}
