@@ -42,9 +42,14 @@ TABLE = [
     ("femto.tokenizers.*", ["femto.tokenizers.*"]),
     ("femto.data", ["femto.tokenizers", "femto.tokenizers.base"]),
     ("femto.checkpoint", ["femto.model", "femto.tokenizers", "femto.tokenizers.*", "femto.optim"]),
-    ("femto.train", BELOW_TRAIN),
+    ("femto.timing", []),  # stdlib arithmetic on durations: the ETA and the run's time totals
+    ("femto.train", [*BELOW_TRAIN, "femto.timing"]),
     ("femto.sample", BELOW_TRAIN),
     ("femto.evaluate", BELOW_TRAIN),  # not in STYLE.md's table yet: `femto eval` sits beside sample
+    ("femto.throughput", BELOW_TRAIN),  # FLOPs per token and the matmul peak probe, for MFU
+    ("femto.runlog", ["femto.checkpoint"]),  # metrics.jsonl read back
+    ("femto.plot", ["femto.runlog"]),  # charts of runlogs; plotext / matplotlib lazily
+    ("femto.progress", []),  # the CLI layer's progress bars and status line: only cli imports it
     (
         "femto.cli",
         [
@@ -55,6 +60,10 @@ TABLE = [
             "femto.tokenizers.*",
             "femto.data",
             "femto.checkpoint",
+            "femto.progress",
+            "femto.throughput",
+            "femto.runlog",
+            "femto.plot",
         ],
     ),
     ("femto.__main__", ["femto.cli"]),  # `python -m femto` is the femto command
@@ -64,7 +73,12 @@ EXCEPTIONS = {
     ("femto.cli", "femto.backend.opencl"): "lazy import for listing OpenCL devices",
     ("femto.cli", "femto.model"): "GPTConfig, whose fields the click options mirror",
 }
-LAZY_ONLY = {"pyopencl": "femto.backend.opencl", "sentencepiece": "femto.tokenizers.*"}
+LAZY_ONLY = {
+    "pyopencl": "femto.backend.opencl",
+    "sentencepiece": "femto.tokenizers.*",
+    "plotext": "femto.plot",
+    "matplotlib": "femto.plot",
+}
 
 
 def module_name(path: pathlib.Path) -> str:
