@@ -375,8 +375,11 @@ def evaluate_command(out: str, data: str | None, split: str, batch_size: int, de
     corpus = resolve_corpus(
         data or loaded.state.train.get("data", "shakespeare"), cache_root / "datasets"
     )
-    with _gpt_encoding_progress(corpus.name) as progress:
+    progress = _gpt_encoding_progress(corpus.name)
+    try:
         tokens = encode_corpus(corpus, loaded.tokenizer, cache_root / "tokens", progress)
+    finally:
+        progress.close()
     if split != "all":
         tokens = train_val_split(tokens, VAL_FRACTION)[0 if split == "train" else 1]
     what = f"corpus {corpus.name!r}" + ("" if split == "all" else f" ({split} split)")

@@ -38,11 +38,15 @@ class Totals:
 
     @classmethod
     def from_dict(cls, d: dict) -> Totals:
+        """From config.json's "timing"; anything but non-negative numbers (a hand-edited or damaged
+        file) means no usable history, and the ETA starts afresh."""
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        try:
-            return cls(**known)
-        except TypeError:
+        if not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+            for v in known.values()
+        ):
             return cls()
+        return cls(**known)
 
 
 class RunTimer:
