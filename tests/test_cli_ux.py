@@ -252,11 +252,11 @@ def test_tokenizer_training_reports_reading_then_training(workdir, env, recorder
     assert bar.then == "training the sentencepiece tokenizer"
     recorders.clear()
     result = invoke(
-        ["train", "--data", corpus, "--out", tmp_path / "r", "--tokenizer", "byte", *TINY], env
+        ["train", "--data", corpus, "--out", tmp_path / "r", "--tokenizer", "char", *TINY], env
     )
     assert result.exit_code == 0, result.output
     bar = next(r for r in recorders if r.label.startswith("reading"))
-    assert bar.reports[-1] == (size, size) and bar.then == "training the byte tokenizer"
+    assert bar.reports[-1] == (size, size) and bar.then == "training the char tokenizer"
     assert all(r.closed for r in recorders)
 
 
