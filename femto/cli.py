@@ -210,10 +210,15 @@ def train(out: str, **options) -> None:
         f"reading {options.get('data') or 'the corpus'} for the tokenizer", "B",
         then=f"training the {options.get('tokenizer') or 'char'} tokenizer",
     )  # fmt: skip
+
+    def encoding(done: int, total: int) -> None:
+        tokenizer_progress.close()  # the tokenizer is trained once encoding starts
+        progress(done, total)
+
     try:
         run = training.prepare_run(
             run_dir, model_options, options, cache_root / "tokens", cache_root / "datasets",
-            progress, tokenizer_progress,
+            encoding, tokenizer_progress,
         )  # fmt: skip
     finally:
         tokenizer_progress.close()

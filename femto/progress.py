@@ -151,7 +151,7 @@ class Progress:
             self._draw(f"{self.then} ({duration(self.clock() - self.then_start)} elapsed)")
 
     def close(self) -> None:
-        """Leave one line saying what was done, unless it took under a second in a pipe."""
+        """Leave one line saying what was done, unless it took under a second."""
         if self.closed:
             return
         self.closed = True
@@ -170,12 +170,14 @@ class Progress:
             summary = f"{self.label}: {amount(self.done, self.unit)} in {duration(took)}{rate}"
         else:
             summary = None
+        if summary is None or took < QUIET_S and not self.printed:
+            summary = None  # quick work leaves no line behind
         if self.tty:
             if self.drawn:
                 with self._lock:
                     self.stream.write("\r\033[K" + (summary + "\n" if summary else ""))
                     self.stream.flush()
-        elif summary is not None and (took >= QUIET_S or self.printed):
+        elif summary is not None:
             self._line(summary)
 
 

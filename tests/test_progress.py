@@ -65,6 +65,11 @@ def test_terminal_bar_has_rate_and_eta_and_leaves_one_line():
     progress(200, 200)
     progress.close()
     assert out.getvalue().endswith("\r\033[Kevaluating: 200 windows in 0:08, 25 windows/s\n")
+    quick = io.StringIO()
+    with Progress("x", quick, tty=True, clock=clock) as progress:
+        clock.now += 0.5
+        progress(1, 1)
+    assert quick.getvalue().endswith("\r\033[K")  # the bar is cleared, no line is left
 
 
 def test_then_reports_the_uncounted_phase():
