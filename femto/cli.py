@@ -109,7 +109,9 @@ def _peak_flops(device: str, cache_root: pathlib.Path) -> tuple[float | None, st
         except ValueError:
             value = -1.0
         if not value > 0 or value == float("inf"):
-            raise ConfigError(f"FEMTO_PEAK_FLOPS must be a positive number of FLOP/s, got {given!r}")
+            raise ConfigError(
+                f"FEMTO_PEAK_FLOPS must be a positive number of FLOP/s, got {given!r}"
+            )
         return value, "FEMTO_PEAK_FLOPS"
     flops, key, measured = peak_flops(device, cache_root)
     how = "measured now" if measured else "measured earlier"
@@ -537,7 +539,8 @@ def tokenize_train(
         options["model_type"] = sp_model_type
     corpus = resolve_corpus(spec, _tok_data_home(data_home))
     start = time.perf_counter()
-    with _progress(f"reading {corpus.name}", "B", then=f"training the {kind} tokenizer") as progress:
+    reading = _progress(f"reading {corpus.name}", "B", then=f"training the {kind} tokenizer")
+    with reading as progress:
         tokenizer = train_tokenizer(corpus, kind, vocab, progress, **options)
     seconds = time.perf_counter() - start
     save_tokenizer(tokenizer, out_dir)
@@ -712,8 +715,8 @@ def data_fetch(name: str, url: str | None, sha256: str | None, data_home: str | 
 )  # fmt: skip
 @click.option(
     "--save", type=click.Path(dir_okay=False),
-    help="Write the chart to FILE (.png, .svg or .pdf; needs matplotlib: pip install 'femto[plot]') "
-    "instead of drawing it in the terminal.",
+    help="Write the chart to FILE (.png, .svg or .pdf; needs matplotlib: pip install "
+    "'femto[plot]') instead of drawing it in the terminal.",
 )  # fmt: skip
 @user_errors
 def plot(runs: tuple[str, ...], metrics: tuple[str, ...], x: str, save: str | None) -> None:

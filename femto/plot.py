@@ -1,7 +1,8 @@
 """Charts of runs' metrics: as text for a terminal (plotext) or as a PNG/SVG/PDF file (matplotlib).
 
-Each group of quantities with one unit (losses, learning rate, tokens/s, gradient norm) gets a panel;
-several runs share every panel, one colour per run. Returns text or writes a file; never prints.
+Each group of quantities with one unit (losses, learning rate, tokens/s, gradient norm) gets a
+panel; several runs share every panel, one colour per run. Returns text or writes a file; never
+prints.
 matplotlib is an optional extra, imported only when a file is asked for.
 """
 

@@ -1,4 +1,4 @@
-"""Progress on the command line: a bar with rate and ETA on a terminal, plain periodic lines in a pipe.
+"""Progress on the command line: a bar with rate and ETA on a terminal, periodic lines in a pipe.
 
 Part of the CLI layer (only femto.cli imports it): library code reports (done, total) through a
 callback and never prints; this module turns those reports into text on a stream. It also holds the
@@ -138,7 +138,8 @@ class Progress:
             self.printed = True
 
     def _announce_then(self) -> None:
-        read = f"{self.label}: {amount(self.done, self.unit)} in {duration(self.clock() - self.start)}"
+        took = duration(self.clock() - self.start)
+        read = f"{self.label}: {amount(self.done, self.unit)} in {took}"
         if self.tty:
             self._draw(f"{read}; {self.then}")
             self._ticker = threading.Thread(target=self._tick, daemon=True)

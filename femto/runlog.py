@@ -1,4 +1,4 @@
-"""A run's metrics.jsonl read back: series to plot, the best validation loss and the last evaluation.
+"""A run's metrics.jsonl read back: series to plot, the best validation loss, the last evaluation.
 
 Reading only; `femto.train` writes the file (through femto.checkpoint) and `femto.plot` draws it.
 """
@@ -42,12 +42,13 @@ class RunLog:
         return record["step"] * self.tokens_per_step if self.tokens_per_step else None
 
     def series(self, field: str, x: str = "step") -> tuple[list[float], list[float]]:
-        """(xs, ys) of every record that has `field` (a metrics.jsonl key), x = "step" or "tokens"."""
+        """(xs, ys) of the records that have `field` (a metrics.jsonl key); x: "step" or "tokens"."""
         xs, ys = [], []
         for record in self.records:
             value = record.get(field)
             where = self.x_of(record, x)
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and where is not None:
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if number and where is not None:
                 xs.append(where)
                 ys.append(float(value))
         return xs, ys

@@ -21,7 +21,7 @@ from femto.model import GPTConfig
 from femto.ops.matmul import matmul
 
 PEAK_FILE = "peak_flops.json"
-PROBE_SIZE = 1024  # (1024, 1024) @ (1024, 1024)^T: 2.1 GFLOP, large enough to reach the kernel's peak
+PROBE_SIZE = 1024  # (1024, 1024) @ (1024, 1024)^T: 2.1 GFLOP, large enough for the kernel's peak
 PROBE_SECONDS = 1.0  # the probe repeats the product for about this long and keeps the fastest
 
 
@@ -36,7 +36,9 @@ def flops_per_token(config: GPTConfig) -> float:
 def device_key(backend: Backend) -> str:
     """The device's name, with the thread count for the CPU backend (the peak scales with it)."""
     threads = getattr(backend, "num_threads", None)
-    return f"{backend.device_name}, {threads()} threads" if callable(threads) else backend.device_name
+    if callable(threads):
+        return f"{backend.device_name}, {threads()} threads"
+    return backend.device_name
 
 
 def measure_peak_flops(
@@ -75,12 +77,13 @@ def peak_flops(device: str, cache_dir: pathlib.Path) -> tuple[float, str, bool]:
     if not isinstance(table, dict):
         table = {}
     entry = table.get(key)
-    if isinstance(entry, dict) and isinstance(entry.get("flops"), (int, float)) and entry["flops"] > 0:
+    known = isinstance(entry, dict) and isinstance(entry.get("flops"), (int, float))
+    if known and entry["flops"] > 0:
         return float(entry["flops"]), key, False
     flops = measure_peak_flops(backend)
     table[key] = {
         "flops": flops,
-        "probe": f"matmul ({PROBE_SIZE}, {PROBE_SIZE}) @ ({PROBE_SIZE}, {PROBE_SIZE})^T, fastest run",
+        "probe": "matmul ({n}, {n}) @ ({n}, {n})^T, fastest run".format(n=PROBE_SIZE),
         "measured": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     path.parent.mkdir(parents=True, exist_ok=True)

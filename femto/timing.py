@@ -1,4 +1,4 @@
-"""Where a run's time goes (training steps, evaluations, checkpoints with their samples) and the ETA.
+"""Where a run's time goes (training steps, evaluations, checkpoints with samples) and its ETA.
 
 The totals are saved with each checkpoint (config.json's "timing"), so a resumed run's elapsed
 time and ETA continue from the earlier sessions' measurements instead of starting from nothing.
@@ -101,7 +101,7 @@ class RunTimer:
 
     def eta(self, step: int, steps: int, eval_every: int, save_every: int, eval_batches: int,
             grad_accum: int) -> float:  # fmt: skip
-        """Seconds until step `steps`: the steps left, and the evaluations and checkpoints in them."""
+        """Seconds until step `steps`: the steps left and the evaluations and checkpoints in them."""
         evals = occurrences(step, steps, eval_every, steps)
         saves = occurrences(step, steps, save_every, steps)
         return (

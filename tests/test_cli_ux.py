@@ -1,5 +1,5 @@
 """What a user sees around the work: `femto plot` on real tiny runs (terminal and files), progress
-for eval and tokenizer training, the MFU peak, whole help texts, and metrics.jsonl's documentation."""
+for eval and tokenizer training, the MFU peak, whole help texts, metrics.jsonl's documentation."""
 
 from __future__ import annotations
 
@@ -59,7 +59,8 @@ def runs(workdir, env) -> list[pathlib.Path]:
     made = []
     for name, lr in (("a", "1e-3"), ("b", "3e-3")):
         run = workdir / name
-        result = invoke(["train", "--data", workdir / "corpus.txt", "--out", run, "--lr", lr, *TINY], env)
+        args = ["train", "--data", workdir / "corpus.txt", "--out", run, "--lr", lr, *TINY]
+        result = invoke(args, env)
         assert result.exit_code == 0, result.output
         made.append(run)
     return made
@@ -280,7 +281,8 @@ def all_commands(group: click.Group, prefix=()):
 def test_help_summaries_are_whole(path):
     parent = CliRunner().invoke(main, [*path[:-1], "--help"], terminal_width=80)
     assert parent.exit_code == 0, parent.output
-    listing = [line for line in parent.output.splitlines() if line.strip().startswith(path[-1] + " ")]
+    lines = parent.output.splitlines()
+    listing = [line for line in lines if line.strip().startswith(path[-1] + " ")]
     assert listing, parent.output
     summary = listing[0].strip()[len(path[-1]):].strip()
     assert summary.endswith(".") and not summary.endswith("..."), summary
