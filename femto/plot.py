@@ -83,6 +83,7 @@ def terminal_chart(
     drawn = 0
     for row, (title, group) in enumerate(groups, 1):
         panel = figure.subplot(row, 1) if len(groups) > 1 else figure
+        panel.theme("simple")  # the terminal's own background, coloured lines
         top_x = top_y = None
         for run in runs:
             for metric in group:
