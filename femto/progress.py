@@ -109,20 +109,27 @@ class Progress:
         return ", ".join(parts)
 
     def _bar_text(self, now: float) -> str:
+        """label NN% |####....| done/total unit  rate/s  ETA m:ss, the bar narrowed to fit."""
         rate = self._rate(now)
-        if self.total:
-            width = 24
-            filled = int(width * self.done / self.total)
-            bar = f"{100 * self.done / self.total:3.0f}% |{'#' * filled}{'.' * (width - filled)}| "
-            counts = f"{amount(self.done, self.unit)}/{amount(self.total, self.unit)}"
+        if self.unit == "B":
+            counts = f"{amount(self.done, 'B')}/{amount(self.total, 'B')}"
         else:
-            bar, counts = "", amount(self.done, self.unit)
-        text = f"{self.label} {bar}{counts}"
+            counts = f"{self.done:,}/{self.total:,} {self.unit}".rstrip()
+        if not self.total:
+            counts = amount(self.done, self.unit)
+        tail = counts
         if rate > 0:
-            text += f"  {amount(rate, self.unit)}/s"
+            tail += f"  {amount(rate, self.unit)}/s"
             if self.total and self.done < self.total:
-                text += f"  ETA {duration((self.total - self.done) / rate)}"
-        return text
+                tail += f"  ETA {duration((self.total - self.done) / rate)}"
+        if not self.total:
+            return f"{self.label} {tail}"
+        fraction = self.done / self.total
+        columns = shutil.get_terminal_size((100, 20)).columns - 1
+        width = min(24, columns - len(self.label) - len(tail) - 10)
+        filled = int(width * fraction)
+        bar = f"|{'#' * filled}{'.' * (width - filled)}| " if width >= 5 else ""
+        return f"{self.label} {100 * fraction:3.0f}% {bar}{tail}"
 
     def _draw(self, text: str) -> None:
         with self._lock:

@@ -57,7 +57,7 @@ def test_terminal_bar_has_rate_and_eta_and_leaves_one_line():
     progress(50, 200)
     text = out.getvalue()
     assert text.startswith("\r\033[K") and " 25% |" in text
-    assert "50 windows/200 windows" in text and "25 windows/s" in text and "ETA 0:06" in text
+    assert "50/200 windows" in text and "25 windows/s" in text and "ETA 0:06" in text
     clock.now += 0.01
     progress(51, 200)  # within REDRAW_S of the last draw: not redrawn
     assert out.getvalue() == text
@@ -145,3 +145,17 @@ def test_a_resumed_timer_starts_from_the_earlier_sessions():
     total = resumed.total(wall_s=3.0)
     assert total.steps == 30 + OWN_STEPS and total.wall_s == 15.0 and total.evals == 1
     assert RunTimer({"steps": "x"}).before.steps == 0  # a damaged entry: start afresh
+
+
+def test_terminal_bar_narrows_to_fit(monkeypatch):
+    import os
+
+    monkeypatch.setattr("shutil.get_terminal_size", lambda fallback: os.terminal_size((80, 20)))
+    clock, out = Clock(), io.StringIO()
+    progress = Progress("evaluating on tinystories", out, tty=True, unit="windows", clock=clock)
+    clock.now += 10.0
+    progress(11_072, 41_857)
+    line = out.getvalue().split("\r\033[K")[-1]
+    # the rate and ETA fit in 80 columns: the bar gives way (narrower, or gone)
+    assert line.startswith("evaluating on tinystories  26%") and line.endswith("ETA 0:27")
+    assert len(line) <= 79
