@@ -257,6 +257,8 @@ def train(out: str, **options) -> None:
         kind = event["kind"]
         if kind == "start":
             what = f"resuming at step {event['step']}" if event["resumed"] else "new run"
+            if event["resumed"] and event["elapsed_s"] > 0:
+                what += f" ({_gpt_duration(event['elapsed_s'])} spent so far)"
             status.line(
                 f"{what} in {run_dir}: {event['params'] / 1e6:.2f}M parameters, "
                 f"vocab {state.model.vocab_size} ({run.tokenizer.name}), "
