@@ -52,10 +52,11 @@ class Progress:
         unit: str = "",
         then: str | None = None,
         clock: Callable[[], float] = time.monotonic,
-        interval: float = PIPE_INTERVAL_S,
+        interval: float | None = None,  # None: PIPE_INTERVAL_S
     ) -> None:
         self.label, self.stream, self.tty, self.unit, self.then = label, stream, tty, unit, then
-        self.clock, self.interval = clock, interval
+        self.clock = clock
+        self.interval = PIPE_INTERVAL_S if interval is None else interval
         self.start = clock()
         self.done = self.total = 0
         self.last_draw = self.last_line = self.start

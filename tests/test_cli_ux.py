@@ -302,3 +302,17 @@ def test_every_metrics_field_is_documented(runs):
     written = {key for run in runs for record in records(run) for key in record}
     assert {"grad_norm", "train_loss", "tokens", "val_loss"} <= written
     assert written <= readme_metrics_fields(), written - readme_metrics_fields()
+
+
+def test_piped_progress_is_plain_lines(runs, env, monkeypatch):
+    import femto.progress
+
+    monkeypatch.setattr(femto.progress, "QUIET_S", 0.0)  # as if every piece of work were slow
+    monkeypatch.setattr(femto.progress, "PIPE_INTERVAL_S", 0.0)
+    result = invoke(["eval", "--out", runs[0], "--batch-size", "8"], env)
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("evaluating on")]
+    assert len(lines) >= 2 and "\r" not in result.output and "\033" not in result.output
+    summary = r"evaluating on corpus\.txt: [\d,]+ windows in 0:0\d, [\d,]+ windows/s"
+    assert re.fullmatch(summary, lines[-1]), lines[-1]
+    assert re.match(r"evaluating on corpus\.txt: \d+%, [\d,]+ windows of [\d,]+ windows", lines[0])
