@@ -55,8 +55,11 @@ class RunTimer:
     def __init__(self, previous: dict | None = None) -> None:
         self.before = Totals.from_dict(previous or {})
         self.now = Totals()
+        self.first_step_s = 0.0
 
     def add_step(self, seconds: float) -> None:
+        if self.now.steps == 0:
+            self.first_step_s = seconds
         self.now.train_s += seconds
         self.now.steps += 1
 
@@ -80,11 +83,17 @@ class RunTimer:
         return asdict(self.total(wall_s))
 
     def step_s(self) -> float:
-        """Seconds per training step: this session's average once it has OWN_STEPS steps."""
+        """Seconds per training step for the ETA. A session's first step records the graph for
+        replay (several times slower), so it is left out once there are others; the session's own
+        average is used once it has OWN_STEPS steps, before that blended with earlier sessions'."""
         n, b = self.now, self.before
-        if n.steps >= OWN_STEPS or b.steps == 0:
-            return n.train_s / n.steps if n.steps else 0.0
-        return (n.train_s + b.train_s) / (n.steps + b.steps)
+        own_steps = n.steps - 1 if n.steps > 1 else 0
+        own_s = n.train_s - self.first_step_s if n.steps > 1 else 0.0
+        if own_steps >= OWN_STEPS or (own_steps and b.steps == 0):
+            return own_s / own_steps
+        if b.steps:
+            return (own_s + b.train_s) / (own_steps + b.steps)
+        return n.train_s / n.steps if n.steps else 0.0
 
     def eval_s(self, eval_batches: int, grad_accum: int) -> float:
         """Seconds per evaluation, measured; before the first one, a guess from the step time: two

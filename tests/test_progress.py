@@ -118,7 +118,10 @@ def test_occurrences(after, upto, every, last, expected):
 
 def test_eta_counts_evaluations_and_checkpoints():
     timer = RunTimer()
-    for _ in range(10):
+    timer.add_step(0.1)
+    assert timer.step_s() == pytest.approx(0.1)  # the first step is all there is
+    timer.add_step(0.1)
+    for _ in range(8):
         timer.add_step(0.1)
     # no evaluation measured yet: guessed from the step time (2 splits x 3 forwards a third each)
     assert timer.eval_s(eval_batches=3, grad_accum=1) == pytest.approx(2 * 3 * 0.1 / 3)
@@ -137,13 +140,15 @@ def test_a_resumed_timer_starts_from_the_earlier_sessions():
     saved = first.to_dict(wall_s=12.0)
     resumed = RunTimer(saved)
     resumed.add_step(1.0)  # the first step of a session pays for the capture: not the rate
-    assert resumed.step_s() == pytest.approx((30 * 0.2 + 1.0) / 31)
+    assert resumed.step_s() == pytest.approx(0.2)
     assert resumed.eval_s(20, 1) == pytest.approx(1.0)
+    resumed.add_step(0.5)  # a slower setting now: blended with the earlier sessions at first
+    assert resumed.step_s() == pytest.approx((30 * 0.2 + 0.5) / 31)
     for _ in range(OWN_STEPS - 1):
-        resumed.add_step(0.5)  # a slower setting now: once measured enough, its own rate counts
-    assert resumed.step_s() == pytest.approx((1.0 + (OWN_STEPS - 1) * 0.5) / OWN_STEPS)
+        resumed.add_step(0.5)  # once measured enough, its own rate counts alone
+    assert resumed.step_s() == pytest.approx(0.5)
     total = resumed.total(wall_s=3.0)
-    assert total.steps == 30 + OWN_STEPS and total.wall_s == 15.0 and total.evals == 1
+    assert total.steps == 30 + OWN_STEPS + 1 and total.wall_s == 15.0 and total.evals == 1
     assert RunTimer({"steps": "x"}).before.steps == 0  # a damaged entry: start afresh
 
 
