@@ -724,7 +724,10 @@ def data_fetch(name: str, url: str | None, sha256: str | None, data_home: str | 
 def plot(runs: tuple[str, ...], metrics: tuple[str, ...], x: str, save: str | None) -> None:
     """Draw the metrics of one or more runs (their metrics.jsonl) on one chart.
 
-    Example: femto plot runs/a runs/b --y loss --y val --y lr --x tokens --save curves.png
+    \b
+    Examples:
+      femto plot runs/a runs/b
+      femto plot runs/a --y val --y train --y lr --x tokens --save curves.png
     """
     import shutil
 
