@@ -9,6 +9,7 @@ matplotlib is an optional extra, imported only when a file is asked for.
 from __future__ import annotations
 
 import pathlib
+import re
 
 from femto.errors import ConfigError
 from femto.runlog import FIELDS, RunLog
@@ -33,6 +34,9 @@ PANELS = {
 SAVE_FORMATS = (".png", ".svg", ".pdf")
 X_LABELS = {"step": "step", "tokens": "tokens"}
 MARKERS = ("braille", "x", "+", "o", "*", "#")  # plotext markers when there is no colour
+SYMBOLS = ("braille", "•", "+")  # with colour: one per quantity of a panel (at most three share one)
+PALETTE = (12, 9, 10, 13, 11, 14, 208, 7)  # 256-colour codes: blue, red, green, magenta, ...
+SAMPLES = {"braille": "⠒⠒", "•": "•─•"}
 
 
 def panels(metrics: list[str]) -> list[tuple[str, list[str]]]:
@@ -70,42 +74,62 @@ def terminal_chart(
     height: int = 30,
     color: bool = True,
 ) -> str:
-    """The chart as text (with ANSI colours when `color`), width x height characters in all."""
+    """The chart as text (with ANSI colours when `color`), width x height characters in all, with a
+    legend under each panel (inside, it would hide the lines it names)."""
     import plotext
 
     _check(runs, metrics, x)
     groups = panels(metrics)
     figure = plotext.figure
     figure.clear()
-    figure.plot_size(width, height)
+    legend_rows = 1 + len(runs) * max(len(g) for _, g in groups) // 3
+    figure.plot_size(width, max(height - legend_rows * len(groups), 8 * len(groups)))
     if len(groups) > 1:
         figure.subplots(len(groups), 1)
-    drawn = 0
+    legends = []
     for row, (title, group) in enumerate(groups, 1):
         panel = figure.subplot(row, 1) if len(groups) > 1 else figure
-        panel.theme("simple")  # the terminal's own background, coloured lines
-        top_x = top_y = None
-        for run in runs:
+        panel.theme("simple")  # the terminal's own background
+        entries = []
+        for index, run in enumerate(runs):
             for metric in group:
                 xs, ys = run.series(FIELDS[metric], x)
                 if not xs:
                     continue
-                # without colour, a marker of its own tells each line apart
-                marker = "braille" if color else MARKERS[drawn % len(MARKERS)]
+                if color:  # a colour per run, a symbol per quantity
+                    hue, symbol = PALETTE[index % len(PALETTE)], SYMBOLS[group.index(metric)]
+                    marker = plotext.marker(symbol, pixel=hue)
+                else:  # a symbol per line
+                    hue, symbol = None, MARKERS[len(entries) % len(MARKERS)]
+                    marker = symbol
                 signal = panel.signal(xs, ys, marker=marker)
                 signal.lines()
-                signal.label(_name(run, runs, metric, group))
                 panel.draw(signal)
-                drawn += 1
-                top_x = max(xs) if top_x is None else max(top_x, max(xs))
-                top_y = max(ys) if top_y is None else max(top_y, max(ys))
-        if top_x is not None:  # losses fall: the top right corner is where the lines are not
-            panel.legend(True, x=top_x, y=top_y, ha="right", va="top", relative=True)
+                sample = SAMPLES.get(symbol, symbol * 2)
+                if hue is not None:
+                    sample = f"\033[38;5;{hue}m{sample}\033[0m"
+                entries.append(f"{sample} {_name(run, runs, metric, group)}")
         panel.title(title)
         panel.label(X_LABELS[x])
-    text = figure.build().string(colorless=not color)
+        legends.append("   ".join(entries))
+    chart = figure.build().string(colorless=not color)
     figure.clear()
-    return text
+    # the panels are stacked in one block of rows: split it at each panel's title row to interleave
+    # the legends (each panel's block starts with its centred title)
+    lines = chart.splitlines()
+    starts = [i for i, line in enumerate(lines) if _plain(line).strip() in {t for t, _ in groups}]
+    if len(starts) != len(groups):
+        return chart + "\n" + "\n".join(legends)
+    out = []
+    for number, start in enumerate(starts):
+        stop = starts[number + 1] if number + 1 < len(starts) else len(lines)
+        out.extend(lines[start:stop])
+        out.append("  " + legends[number])
+    return "\n".join(out)
+
+
+def _plain(line: str) -> str:
+    return re.sub(r"\033\[[0-9;]*m", "", line)
 
 
 def save_chart(runs: list[RunLog], metrics: list[str], path: pathlib.Path, x: str = "step") -> None:

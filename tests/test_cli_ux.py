@@ -316,3 +316,21 @@ def test_piped_progress_is_plain_lines(runs, env, monkeypatch):
     summary = r"evaluating on corpus\.txt: [\d,]+ windows in 0:0\d, [\d,]+ windows/s"
     assert re.fullmatch(summary, lines[-1]), lines[-1]
     assert re.match(r"evaluating on corpus\.txt: \d+%, [\d,]+ windows of [\d,]+ windows", lines[0])
+
+
+def test_terminal_chart_in_colour_has_a_colour_per_run_and_a_legend_per_panel(runs):
+    from femto.plot import PALETTE, terminal_chart
+    from femto.runlog import load_run_log
+
+    logs = [load_run_log(run) for run in runs]
+    text = terminal_chart(logs, ["loss", "val", "lr"], "step", 100, 40, color=True)
+    plain = re.sub(r"\033\[[0-9;]*m", "", text)
+    assert "\033[48;" not in text  # no painted background: the terminal's own
+    for index, run in enumerate(runs):
+        assert f"\033[38;5;{PALETTE[index]}m" in text
+        assert f"{run} val loss" in plain and f"{run} train loss (step)" in plain
+    lines = plain.splitlines()
+    titles = [i for i, line in enumerate(lines) if line.strip() in ("loss (nats/token)", "learning rate")]
+    assert len(titles) == 2
+    assert "val loss" in lines[titles[1] - 1]  # the loss panel's legend sits under it
+    assert lines[-1].strip().endswith(str(runs[1]))  # and the lr panel's, naming the runs
