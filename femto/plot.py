@@ -34,7 +34,7 @@ PANELS = {
 SAVE_FORMATS = (".png", ".svg", ".pdf")
 X_LABELS = {"step": "step", "tokens": "tokens"}
 MARKERS = ("braille", "x", "+", "o", "*", "#")  # plotext markers when there is no colour
-SYMBOLS = ("braille", "•", "+")  # with colour: one per quantity of a panel (at most three share one)
+SYMBOLS = ("braille", "•", "+")  # with colour: one per quantity in a panel (three at most)
 PALETTE = (12, 9, 10, 13, 11, 14, 208, 7)  # 256-colour codes: blue, red, green, magenta, ...
 SAMPLES = {"braille": "⠒⠒", "•": "•─•"}
 

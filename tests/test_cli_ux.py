@@ -330,7 +330,8 @@ def test_terminal_chart_in_colour_has_a_colour_per_run_and_a_legend_per_panel(ru
         assert f"\033[38;5;{PALETTE[index]}m" in text
         assert f"{run} val loss" in plain and f"{run} train loss (step)" in plain
     lines = plain.splitlines()
-    titles = [i for i, line in enumerate(lines) if line.strip() in ("loss (nats/token)", "learning rate")]
+    names = ("loss (nats/token)", "learning rate")
+    titles = [i for i, line in enumerate(lines) if line.strip() in names]
     assert len(titles) == 2
     assert "val loss" in lines[titles[1] - 1]  # the loss panel's legend sits under it
     assert lines[-1].strip().endswith(str(runs[1]))  # and the lr panel's, naming the runs
