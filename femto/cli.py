@@ -129,14 +129,18 @@ def _train_summary(run_dir: pathlib.Path, final, done: dict, flops_token: float,
         f"{_gpt_duration(timing.checkpoint_s)} saving and sampling)"
         + (" (stopped early: resume with the same command)" if done["stopped"] else "")
     ]
-    if timing.steps >= final.step and timing.train_s > 0:
-        tokens_per_s = final.tokens_seen / timing.train_s
-    else:  # earlier sessions of this run were not timed (an older femto): this session's rate
-        tokens_per_s = done.get("session_tokens_per_s", 0.0)
+    # the rate the eval lines show: steady steps, without a session's first (graph capture)
+    tokens_per_s = done.get("session_tokens_per_s", 0.0)
     if tokens_per_s > 0:
         mfu = f", MFU {100 * flops_token * tokens_per_s / peak:.1f}%" if peak else ""
+        overall = ""
+        if timing.steps >= final.step and timing.train_s > 0:  # every session was timed
+            rate = final.tokens_seen / timing.train_s
+            if abs(rate - tokens_per_s) > 0.1 * tokens_per_s:
+                overall = f" ({rate:,.0f} counting the first step, which records the graph)"
         lines.append(
-            f"  throughput  {tokens_per_s:,.0f} tokens/s{mfu}, {final.tokens_seen:,} tokens in all"
+            f"  throughput  {tokens_per_s:,.0f} tokens/s{mfu}{overall}, "
+            f"{final.tokens_seen:,} tokens in all"
         )
     log = load_run_log(run_dir)
     last = log.last_eval()
