@@ -187,6 +187,7 @@ class RunState:
     best_val_loss: float | None = None
     rng: dict = field(default_factory=dict)  # name -> numpy bit_generator.state (JSON)
     tokenizer: dict = field(default_factory=dict)  # the tokenizer's save() description
+    timing: dict = field(default_factory=dict)  # seconds spent so far (femto.timing.Totals)
 
     def to_json(self) -> dict:
         return {
@@ -199,6 +200,7 @@ class RunState:
             "best_val_loss": self.best_val_loss,
             "rng": self.rng,
             "tokenizer": self.tokenizer,
+            "timing": self.timing,
         }
 
 
@@ -349,6 +351,8 @@ def load_state(run_dir: pathlib.Path) -> RunState:
         best_val_loss=None if best is None else float(best),
         rng=raw["rng"],
         tokenizer=raw["tokenizer"],
+        # runs saved before timing was recorded (or a damaged entry): the ETA starts afresh
+        timing=raw["timing"] if isinstance(raw.get("timing"), dict) else {},
     )
 
 

@@ -56,7 +56,7 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     ctx.exit()
 
 
-@click.group()
+@click.group(invoke_without_command=True)
 @click.option(
     "--version",
     is_flag=True,
@@ -65,8 +65,11 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     callback=_print_version,
     help="Show the version and the CPU kernel path, then exit.",
 )
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """femto: train and sample small GPT language models on C/OpenMP or OpenCL kernels."""
+    if ctx.invoked_subcommand is None:  # `femto` alone: the help, as a success
+        click.echo(ctx.get_help())
 
 
 @main.group()
@@ -74,7 +77,7 @@ def tokenize() -> None:
     """Train, inspect and run tokenizers."""
 
 
-@main.group()
+@main.group(short_help="List and fetch corpora.")
 def data() -> None:
     """List and fetch corpora."""
 
@@ -110,16 +113,86 @@ def _gpt_option(flag: str, field: str, text: str, **kwargs):
     return click.option(flag, help=f"{text} {_gpt_default(field)}", **kwargs)
 
 
+# ---- progress and the training log (issue 13): every report goes through femto.progress ----
+
+
+def _progress(label: str, unit: str = "", then: str | None = None):
+    """Progress on stderr: a bar on a terminal, a plain line every few seconds in a log or a pipe
+    (and nothing at all for work that took under a second there)."""
+    from femto.progress import Progress
+
+    return Progress(label, sys.stderr, sys.stderr.isatty(), unit, then)
+
+
 def _gpt_encoding_progress(what: str):
-    """A progress bar for encoding a corpus into the token cache (a cache hit reports nothing), on a
-    terminal only: a log or a pipe would get a stray label line in front of the real output."""
-    return _TokProgress(f"encoding {what}") if sys.stderr.isatty() else None
+    """Encoding a corpus into the token cache (a cache hit reports nothing)."""
+    return _progress(f"encoding {what}", "B")
+
+
+def _peak_flops(device: str, cache_root: pathlib.Path) -> tuple[float | None, str]:
+    """The device's peak FLOP/s for MFU, and where it came from: FEMTO_PEAK_FLOPS (a number, e.g. a
+    datasheet's) or femto's matmul probe, measured once per device and cached in the cache dir."""
+    from femto.errors import ConfigError
+    from femto.throughput import PEAK_FILE, peak_flops
+
+    given = os.environ.get("FEMTO_PEAK_FLOPS")
+    if given:
+        try:
+            value = float(given)
+        except ValueError:
+            value = -1.0
+        if not value > 0 or value == float("inf"):
+            raise ConfigError(
+                f"FEMTO_PEAK_FLOPS must be a positive number of FLOP/s, got {given!r}"
+            )
+        return value, "FEMTO_PEAK_FLOPS"
+    flops, key, measured = peak_flops(device, cache_root)
+    how = "measured now" if measured else "measured earlier"
+    return flops, f"{key}, femto's matmul peak, {how}, cached in {cache_root / PEAK_FILE}"
+
+
+def _train_summary(run_dir: pathlib.Path, final, done: dict, flops_token: float, peak) -> list[str]:
+    """The lines `femto train` ends with: where the time went, speed, losses, files."""
+    from femto.runlog import load_run_log
+
+    timing = done["timing"]
+    lines = [
+        f"done: step {final.step} of {final.train['steps']} in {_gpt_duration(timing.wall_s)} "
+        f"({_gpt_duration(timing.train_s)} training, {_gpt_duration(timing.eval_s)} evaluating, "
+        f"{_gpt_duration(timing.checkpoint_s)} saving and sampling)"
+        + (" (stopped early: resume with the same command)" if done["stopped"] else "")
+    ]
+    # the rate the eval lines show: steady steps, without a session's first (graph capture)
+    tokens_per_s = done.get("session_tokens_per_s", 0.0)
+    if tokens_per_s > 0:
+        mfu = f", MFU {100 * flops_token * tokens_per_s / peak:.1f}%" if peak else ""
+        overall = ""
+        if timing.steps >= final.step and timing.train_s > 0:  # every session was timed
+            rate = final.tokens_seen / timing.train_s
+            if abs(rate - tokens_per_s) > 0.1 * tokens_per_s:
+                overall = f" ({rate:,.0f} counting the first step, which records the graph)"
+        lines.append(
+            f"  throughput  {tokens_per_s:,.0f} tokens/s{mfu}{overall}, "
+            f"{final.tokens_seen:,} tokens in all"
+        )
+    log = load_run_log(run_dir)
+    last = log.last_eval()
+    if last is not None:
+        train = f"train {last['train_loss']:.4f}, " if "train_loss" in last else ""
+        at = "" if last["step"] == final.step else f" (at step {last['step']}, the last evaluation)"
+        lines.append(f"  final loss  {train}val {last['val_loss']:.4f}{at}")
+        best, best_step = log.best_val()
+        lines.append(f"  best val    {best:.4f} at step {best_step}")
+    files = sorted(p.name for p in run_dir.iterdir() if not p.name.startswith("."))
+    lines.append(f"  files       {run_dir}: {', '.join(files)}")
+    lines.append(f"  look at it  femto plot {run_dir} / femto sample --out {run_dir}")
+    return lines
 
 
 _GPT_MODEL_FIELDS = ("block_size", "n_layer", "n_head", "n_embd", "dropout", "bias")
 
 
-@main.command()
+@main.command(short_help="Train a GPT, or resume the run in --out.")
 @_gpt_option("--data", "data", "Corpus: a bundled name or a path.")
 @_gpt_option("--tokenizer", "tokenizer", "Tokenizer by name (char, byte, ...).")
 @click.option("--vocab", type=int, help="Vocabulary size for trainable tokenizers.")
@@ -188,24 +261,33 @@ def train(out: str, **options) -> None:
     finally:
         signal.signal(signal.SIGTERM, startup_sigterm)
     try:
-        _gpt_train(training, run, run_dir)
+        _gpt_train(training, run, run_dir, cache_root)
     finally:
         lock.release()
 
 
 def _gpt_prepare(training, run_dir: pathlib.Path, model_options: dict, options: dict, cache_root):
     progress = _gpt_encoding_progress(options.get("data") or "the corpus")
+    tokenizer_progress = _progress(
+        f"reading {options.get('data') or 'the corpus'} for the tokenizer", "B",
+        then=f"training the {options.get('tokenizer') or 'char'} tokenizer",
+    )  # fmt: skip
+
+    def encoding(done: int, total: int) -> None:
+        tokenizer_progress.close()  # the tokenizer is trained once encoding starts
+        progress(done, total)
+
     try:
         return training.prepare_run(
             run_dir, model_options, options, cache_root / "tokens", cache_root / "datasets",
-            progress,
+            encoding, tokenizer_progress,
         )  # fmt: skip
     finally:
-        if progress is not None:
-            progress.close()
+        tokenizer_progress.close()
+        progress.close()
 
 
-def _gpt_train(training, run, run_dir: pathlib.Path) -> None:
+def _gpt_train(training, run, run_dir: pathlib.Path, cache_root: pathlib.Path) -> None:
     """The training loop of `femto train`, its progress lines and its Ctrl-C / SIGTERM handling."""
     import signal
     import threading
@@ -213,7 +295,9 @@ def _gpt_train(training, run, run_dir: pathlib.Path) -> None:
     import numpy as np
 
     from femto.errors import TokenizerError
+    from femto.progress import StatusLine
     from femto.sample import encode_prompt, generate
+    from femto.throughput import flops_per_token
 
     cfg, state = run.config, run.state
     if state.step >= cfg.steps:
@@ -222,7 +306,10 @@ def _gpt_train(training, run, run_dir: pathlib.Path) -> None:
             f"(pass a larger --steps to continue)"
         )
         return
+    peak, peak_source = _peak_flops(cfg.device, cache_root)
+    flops_token = flops_per_token(state.model)
     tty = sys.stdout.isatty()
+    status = StatusLine(sys.stdout, tty)
     stop = threading.Event()
     try:
         prompt, _ = encode_prompt(run.tokenizer, "", state.model.block_size)
@@ -237,15 +324,23 @@ def _gpt_train(training, run, run_dir: pathlib.Path) -> None:
         name = "SIGTERM" if signum == signal.SIGTERM else "interrupted"
         click.echo(f"\n{name}: finishing this step and saving (Ctrl-C again to abort)", err=True)
 
+    done: dict = {}
+
     def on_event(event: dict) -> None:
         kind = event["kind"]
         if kind == "start":
             what = f"resuming at step {event['step']}" if event["resumed"] else "new run"
-            click.echo(
+            if event["resumed"] and event["elapsed_s"] > 0:
+                what += f" ({_gpt_duration(event['elapsed_s'])} spent so far)"
+            status.line(
                 f"{what} in {run_dir}: {event['params'] / 1e6:.2f}M parameters, "
                 f"vocab {state.model.vocab_size} ({run.tokenizer.name}), "
                 f"{len(run.train_tokens):,} train / {len(run.val_tokens):,} val tokens, "
                 f"on {event['device']}"
+            )
+            status.line(
+                f"MFU: {flops_token / 1e6:,.2f} MFLOP per token (6N + 12LCT) against "
+                f"{peak / 1e9:,.1f} GFLOP/s ({peak_source})"
             )
         elif kind == "step":
             val = f"{event['val_loss']:.4f}" if event["val_loss"] is not None else "-"
@@ -254,20 +349,30 @@ def _gpt_train(training, run, run_dir: pathlib.Path) -> None:
                 f"{event['avg_tokens_per_s']:,.0f} tok/s | {_gpt_duration(event['elapsed_s'])} "
                 f"elapsed | ETA {_gpt_duration(event['eta_s'])}"
             )
+            done["session_tokens_per_s"] = event["avg_tokens_per_s"]
             if tty:
-                click.echo("\r\033[K" + line, nl=False)
+                status.live(line)
             elif event["step"] % cfg.log_every == 0 or event["step"] == event["steps"]:
-                click.echo(line)
+                status.line(line)
+        elif kind == "eval":
+            mfu = 100 * flops_token * event["avg_tokens_per_s"] / peak
+            status.line(
+                f"eval step {event['step']}: train {event['train_loss']:.4f} | "
+                f"val {event['val_loss']:.4f} | {event['avg_tokens_per_s']:,.0f} tok/s | "
+                f"MFU {mfu:.1f}% | eval {event['eval_s']:.1f} s"
+            )
         elif kind == "checkpoint":
-            prefix = "\n" if tty else ""
             if prompt is None or cfg.sample_tokens == 0:
-                click.echo(f"{prefix}saved {run_dir} at step {event['step']}")
+                status.line(f"saved {run_dir} at step {event['step']}")
                 return
-            click.echo(f"{prefix}saved {run_dir} at step {event['step']}; sample:")
             rng = np.random.default_rng(cfg.seed)  # the same draws each time: samples compare
             new = generate(event["model"], prompt, cfg.sample_tokens, 0.8, 200, rng)
-            click.echo(run.tokenizer.decode(new))
-            click.echo("-" * 40)
+            status.line(
+                f"saved {run_dir} at step {event['step']}; sample:\n"
+                f"{run.tokenizer.decode(new)}\n{'-' * 40}"
+            )
+        elif kind == "done":
+            done.update(event)
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     previous_term = signal.signal(signal.SIGTERM, on_sigint)  # schedulers and `docker stop`
@@ -276,11 +381,12 @@ def _gpt_train(training, run, run_dir: pathlib.Path) -> None:
     finally:
         signal.signal(signal.SIGINT, previous)
         signal.signal(signal.SIGTERM, previous_term)
-    best = f"{final.best_val_loss:.4f}" if final.best_val_loss is not None else "-"
-    click.echo(f"done: step {final.step}, best val loss {best}, run in {run_dir}")
+        status.close()
+    for line in _train_summary(run_dir, final, done, flops_token, peak):
+        click.echo(line)
 
 
-@main.command()
+@main.command(short_help="Generate text from a trained run, streamed.")
 @click.option("--out", default="out", show_default=True, help="Run directory to sample from.")
 @click.option("--prompt", default="", help="Text to continue (empty: start from a newline).")
 @click.option("--tokens", default=500, show_default=True, type=int, help="New tokens per sample.")
@@ -328,7 +434,7 @@ def sample(
     click.echo()
 
 
-@main.command(name="eval")
+@main.command(name="eval", short_help="Cross-entropy and perplexity of a run on a corpus.")
 @click.option("--out", default="out", show_default=True, help="Run directory of the model.")
 @click.option("--data", help="Corpus name or path. [default: the run's training corpus]")
 @click.option(
@@ -357,12 +463,12 @@ def evaluate_command(out: str, data: str | None, split: str, batch_size: int, de
     try:
         tokens = encode_corpus(corpus, loaded.tokenizer, cache_root / "tokens", progress)
     finally:
-        if progress is not None:
-            progress.close()
+        progress.close()
     if split != "all":
         tokens = train_val_split(tokens, VAL_FRACTION)[0 if split == "train" else 1]
     what = f"corpus {corpus.name!r}" + ("" if split == "all" else f" ({split} split)")
-    loss, positions = evaluate(loaded.model, tokens, batch_size, what=what)
+    with _progress(f"evaluating on {corpus.name}", "windows") as progress:
+        loss, positions = evaluate(loaded.model, tokens, batch_size, progress, what=what)
     click.echo(
         f"{what}: {loss:.4f} nats/token, perplexity {perplexity(loss):.3f} "
         f"({positions:,} positions in {positions // loaded.model.config.block_size:,} windows "
@@ -374,7 +480,7 @@ def _gpt_run_tokenizer(out: str):
     return _tok_load(pathlib.Path(out))[0]
 
 
-@tokenize.command()
+@tokenize.command(short_help="Print the token ids of a text.")
 @click.option(
     "--out", default="out", show_default=True, help="Run directory whose tokenizer to use."
 )
@@ -398,7 +504,7 @@ def encode(out: str, file_: str | None, text: str | None) -> None:
     click.echo(" ".join(map(str, ids)))
 
 
-@tokenize.command()
+@tokenize.command(short_help="Print the text of token ids.")
 @click.option(
     "--out", default="out", show_default=True, help="Run directory whose tokenizer to use."
 )
@@ -424,26 +530,6 @@ def decode(out: str, ids: tuple[str, ...]) -> None:
 
 
 # ---- tokenize train|stats, data list|fetch (the tokenizers issue) ----
-
-
-class _TokProgress:
-    """A click progress bar on stderr, opened on the first report (when the total is known)."""
-
-    def __init__(self, label: str) -> None:
-        self.label, self.bar, self.shown = label, None, 0
-
-    def __call__(self, done: int, total: int) -> None:
-        if self.bar is None:
-            self.bar = click.progressbar(length=max(total, 1), label=self.label, file=sys.stderr)
-            self.bar.__enter__()
-        self.bar.length = max(self.bar.length, total)
-        self.bar.update(done - self.shown)
-        self.shown = done
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(None, None, None)
-            self.bar = None
 
 
 def _tok_data_home(data_home: str | None) -> pathlib.Path:
@@ -481,7 +567,7 @@ _data_home_option = click.option(
 )
 
 
-@tokenize.command(name="train")
+@tokenize.command(name="train", short_help="Train a tokenizer on a corpus and save it.")
 @click.option(
     "--tokenizer",
     "kind",
@@ -530,7 +616,9 @@ def tokenize_train(
         options["model_type"] = sp_model_type
     corpus = resolve_corpus(spec, _tok_data_home(data_home))
     start = time.perf_counter()
-    tokenizer = train_tokenizer(corpus, kind, vocab, **options)
+    reading = _progress(f"reading {corpus.name}", "B", then=f"training the {kind} tokenizer")
+    with reading as progress:
+        tokenizer = train_tokenizer(corpus, kind, vocab, progress, **options)
     seconds = time.perf_counter() - start
     save_tokenizer(tokenizer, out_dir)
     skipped = corpus.skipped  # malformed lines were also logged as a warning while reading
@@ -550,7 +638,7 @@ def tokenize_train(
     click.echo(f"inspect it: femto tokenize stats --out {out_dir} --data {spec}")
 
 
-@tokenize.command(name="stats")
+@tokenize.command(name="stats", short_help="Characters per token, frequent pieces, round trip.")
 @click.option(
     "--out",
     default="out",
@@ -583,7 +671,7 @@ def tokenize_stats(out: str, spec: str | None, top: int, data_home: str | None) 
     counts = np.zeros(tokenizer.vocab_size, dtype=np.int64)
     chars = nbytes = chunks = 0
     mismatch: tuple[int, int] | None = None  # (chunk, first differing character)
-    progress = _TokProgress(f"encoding {corpus.name}")
+    progress = _progress(f"encoding {corpus.name}", "B")
     try:
         for text, done in corpus.chunks():
             ids = tokenizer.encode(text)
@@ -634,7 +722,7 @@ def tokenize_stats(out: str, spec: str | None, top: int, data_home: str | None) 
     click.echo(f"round trip  exact: decode(encode(text)) == text on all {chars:,} characters")
 
 
-@data.command(name="list")
+@data.command(name="list", short_help="The corpora femto knows, and which are present.")
 @_data_home_option
 @user_errors
 def data_list(data_home: str | None) -> None:
@@ -662,7 +750,7 @@ def data_list(data_home: str | None) -> None:
     )
 
 
-@data.command(name="fetch")
+@data.command(name="fetch", short_help="Download a corpus (resumable, sha256-checked).")
 @click.argument("name")
 @click.option("--url", help="Download from this address (a mirror) instead of the catalogue's.")
 @click.option("--sha256", help="Expected sha256 of the file, when the server publishes none.")
@@ -678,13 +766,61 @@ def data_fetch(name: str, url: str | None, sha256: str | None, data_home: str | 
     if info is not None and info.url is not None and corpus_path(info, home).is_file():
         click.echo(f"{resolved} is already downloaded: {corpus_path(info, home)}")
         return
-    progress = _TokProgress(f"downloading {resolved}")
+    progress = _progress(f"downloading {resolved}", "B")
     try:
         path = fetch_corpus(name, home, url=url, sha256=sha256, progress=progress)
     finally:
         progress.close()
     click.echo(f"downloaded {path} ({path.stat().st_size:,} bytes, sha256 verified)")
     click.echo(f"use it with: femto train --data {resolved}")
+
+
+# ---- plot (issue 13) ----
+
+
+@main.command(short_help="Chart runs' losses (terminal, or a file with --save).")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option(
+    "--y", "metrics", multiple=True,
+    type=click.Choice(["loss", "train", "val", "lr", "tokens_per_s", "grad_norm"]),
+    help="What to draw (repeat for more): loss = each logged step's training loss, train / val = "
+    "the evaluations' losses, lr, tokens_per_s, grad_norm. [default: loss and val]",
+)  # fmt: skip
+@click.option(
+    "--x", "x", type=click.Choice(["step", "tokens"]), default="step", show_default=True,
+    help="Horizontal axis: optimizer steps or tokens trained on.",
+)  # fmt: skip
+@click.option(
+    "--save", type=click.Path(dir_okay=False),
+    help="Write the chart to FILE (.png, .svg or .pdf; needs matplotlib: pip install "
+    "'femto[plot]') instead of drawing it in the terminal.",
+)  # fmt: skip
+@user_errors
+def plot(runs: tuple[str, ...], metrics: tuple[str, ...], x: str, save: str | None) -> None:
+    """Draw the metrics of one or more runs (their metrics.jsonl) on one chart.
+
+    \b
+    Examples:
+      femto plot runs/a runs/b
+      femto plot runs/a --y val --y train --y lr --x tokens --save curves.png
+    """
+    import shutil
+
+    from femto.plot import save_chart, terminal_chart
+    from femto.runlog import load_run_log
+
+    logs = [load_run_log(pathlib.Path(run)) for run in runs]
+    chosen = list(dict.fromkeys(metrics)) or ["loss", "val"]
+    if save is not None:
+        save_chart(logs, chosen, pathlib.Path(save), x)
+        click.echo(f"wrote {save}")
+        return
+    size = shutil.get_terminal_size((100, 30))
+    tty = sys.stdout.isatty()
+    click.echo(
+        terminal_chart(logs, chosen, x, size.columns, max(size.lines - 3, 12), color=tty),
+        color=tty,
+    )
 
 
 # ---- devices (the OpenCL issue) ----
@@ -694,7 +830,7 @@ def _gib(nbytes: int) -> str:
     return f"{nbytes / 2**30:.1f} GiB"
 
 
-@main.command()
+@main.command(short_help="List OpenCL devices, for --device opencl:P:D.")
 @click.option("--json", "as_json", is_flag=True, help="Print the device list as JSON.")
 @user_errors
 def devices(as_json: bool) -> None:

@@ -519,14 +519,29 @@ def fetch_corpus(
 
 
 def train_tokenizer(
-    corpus: Corpus, name: str, vocab_size: int | None = None, **options
+    corpus: Corpus,
+    name: str,
+    vocab_size: int | None = None,
+    progress: Progress | None = None,
+    **options,
 ) -> Tokenizer:
     """Train the tokenizer registered as `name` on `corpus`, giving it the corpus's end-of-text
-    marker when the corpus has one."""
+    marker when the corpus has one. `progress` hears (bytes read, corpus bytes) as the tokenizer
+    reads the corpus; what a trainer does after reading (sentencepiece fitting pieces) it cannot see."""
     cls = get_tokenizer_class(name)
     if corpus.eot is not None:
         options.setdefault("eot", corpus.eot)
-    return cls.train(corpus.texts(), vocab_size, **options)
+    if progress is None:
+        return cls.train(corpus.texts(), vocab_size, **options)
+    total = corpus.size_bytes
+
+    def texts() -> Iterator[str]:
+        for text, done in corpus.chunks():
+            yield text
+            progress(done, total)
+        progress(total, total)
+
+    return cls.train(texts(), vocab_size, **options)
 
 
 def token_dtype(vocab_size: int) -> np.dtype:

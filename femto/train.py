@@ -33,6 +33,7 @@ from femto.errors import CheckpointError, ConfigError, TrainingDiverged
 from femto.graph import Tensor, no_grad
 from femto.model import GPT, GPTConfig
 from femto.optim import AdamW
+from femto.timing import RunTimer
 from femto.tokenizers.base import Tokenizer, load_tokenizer, save_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -166,13 +167,15 @@ def prepare_run(
     cache_dir: pathlib.Path,
     data_home: pathlib.Path | None = None,
     progress: Callable[[int, int], None] | None = None,
+    tokenizer_progress: Callable[[int, int], None] | None = None,
 ) -> Run:
     """Build or resume the run in `run_dir`. Options are the ones the user gave (None = not given).
 
     Resuming: model options and the run's identity (RUN_IDENTITY: data, tokenizer, vocab,
     sp_model_type, seed) must match the saved run; other training options may change. Nothing is
     written into run_dir here (the token cache under cache_dir may be filled). data_home holds
-    downloaded corpora (None: femto.data's default).
+    downloaded corpora (None: femto.data's default). `tokenizer_progress` hears the corpus being
+    read to train a new run's tokenizer, `progress` it being encoded (not on a token cache hit).
     """
     run_dir = pathlib.Path(run_dir)
     model_options = {k: v for k, v in model_options.items() if v is not None}
@@ -211,7 +214,9 @@ def prepare_run(
         GPTConfig(**{"vocab_size": 1, **model_options})  # fail on bad sizes before any slow work
         corpus = resolve_corpus(config.data, data_home)
         options = {"model_type": config.sp_model_type} if config.sp_model_type else {}
-        tokenizer = train_tokenizer(corpus, config.tokenizer, config.vocab, **options)
+        tokenizer = train_tokenizer(
+            corpus, config.tokenizer, config.vocab, tokenizer_progress, **options
+        )
         model_config = GPTConfig(**{**model_options, "vocab_size": tokenizer.vocab_size})
         state = ckpt.RunState(model=model_config, train=config.to_dict())
         weights = optimizer_state = None
@@ -282,15 +287,16 @@ class TrainStep:
 
 
 def estimate_loss(
-    model: GPT, tokens: np.ndarray, cfg: TrainConfig, block_size: int, seed_offset: int = 2
-) -> float:
+    model: GPT, tokens: np.ndarray, cfg: TrainConfig, block_size: int, seed_offset: int = 2,
+    what: str = "the validation split",
+) -> float:  # fmt: skip
     """Mean loss over cfg.eval_batches random batches drawn from a generator seeded afresh each time:
     every evaluation of a run sees the same windows, so successive values are comparable."""
     rng = np.random.default_rng([cfg.seed, seed_offset])
     total = 0.0
     with no_grad():
         for _ in range(cfg.eval_batches):
-            x, y = get_batch(tokens, cfg.batch_size, block_size, rng, "the validation split")
+            x, y = get_batch(tokens, cfg.batch_size, block_size, rng, what)
             _, loss = model(x, y)
             total += loss.item()
     return total / cfg.eval_batches
@@ -306,11 +312,14 @@ def train(
 ) -> ckpt.RunState:
     """Train run.config.steps steps in total (resuming at run.state.step); returns the final state.
 
-    Events: "start" (device, params, step, steps, resumed); "step" after each step (step, steps, loss,
-    lr, dt_ms, tokens_per_s, elapsed_s, eta_s, val_loss = the last measured, and grad_norm on logged
-    steps); "eval" with val_loss; "checkpoint" after each save (step,
-    model, tokenizer, for a sample); "done". Setting `stop` ends the loop after the current step with
-    a checkpoint.
+    Events: "start" (device, params, step, steps, resumed, elapsed_s of earlier sessions); "step"
+    after each step (step, steps, loss, lr, dt_ms, tokens, tokens_per_s, elapsed_s and eta_s over
+    every session, val_loss = the last measured, and grad_norm on logged steps); "eval" (step,
+    train_loss and val_loss, each the mean of eval_batches batches, avg_tokens_per_s, eval_s);
+    "checkpoint" after each save (step, model, tokenizer, for a sample); "done" (step, stopped,
+    timing: femto.timing.Totals over every session, tokens_seen). Setting `stop` ends the loop after
+    the current step with a checkpoint. Evaluation and checkpoint durations (with whatever the
+    checkpoint callback does, such as sampling) are measured and counted in the ETA.
     """
     cfg, state, run_dir = run.config, run.state, run.run_dir
     emit = on_event or (lambda event: None)
@@ -330,9 +339,12 @@ def train(
         )
         if "data" in state.rng:
             data_rng.bit_generator.state = state.rng["data"]
+    # ---- timing (issue 13): totals carried over from earlier sessions of this run ----
+    timer = RunTimer(state.timing if run.resumed else None)
     emit({
         "kind": "start", "device": backend.device_name, "params": state.model.num_params(),
         "step": state.step, "steps": cfg.steps, "resumed": run.resumed,
+        "elapsed_s": timer.before.wall_s,
     })  # fmt: skip
     ckpt.truncate_metrics(run_dir, state.step)
     tokenizer_description = save_tokenizer(run.tokenizer, run_dir)
@@ -341,15 +353,14 @@ def train(
     tokens_per_step = B * T * accum
     last_val = state.best_val_loss if run.resumed else None
     saved_step = state.step if run.resumed else -1
-    start_step = state.step
     t_start = time.perf_counter()
-    train_time = 0.0
 
     # ---- divergence guard (femto/divergence.py): skip bad steps, never save a diverged state ----
     guard = DivergenceGuard(model, optimizer, run.train_tokens, B, cfg.seed)
 
     def save() -> None:
         nonlocal saved_step
+        t_save = time.perf_counter()
         problem = guard.state_problem()
         if problem is not None:
             kept = f"step {saved_step}" if saved_step >= 0 else "no checkpoint"
@@ -360,9 +371,11 @@ def train(
         state.rng = {"data": data_rng.bit_generator.state}
         state.tokenizer = tokenizer_description
         state.train = cfg.to_dict()
+        state.timing = timer.to_dict(time.perf_counter() - t_start)
         ckpt.save_checkpoint(run_dir, model.to_numpy(), optimizer.state_arrays(), state)
         saved_step = state.step
         emit({"kind": "checkpoint", "step": state.step, "model": model, "tokenizer": run.tokenizer})
+        timer.add_checkpoint(time.perf_counter() - t_save)
 
     while state.step < cfg.steps:
         t0 = time.perf_counter()
@@ -385,28 +398,38 @@ def train(
             emit({"kind": "skip", "step": state.step + 1, "reason": problem})
         backend.synchronize()
         dt = time.perf_counter() - t0
-        train_time += dt
+        timer.add_step(dt)
         state.step += 1
         state.tokens_seen += tokens_per_step
+        avg_step = timer.step_s()
 
-        val_loss = None
+        val_loss = train_loss = None
         if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
+            t_eval = time.perf_counter()
+            # the training split measured like the validation split (same batches each time, no
+            # dropout): the two losses compare, which the noisy per-step loss does not
+            train_loss = estimate_loss(model, run.train_tokens, cfg, T, 3, "the training split")
             val_loss = estimate_loss(model, run.val_tokens, cfg, T)
+            timer.add_eval(time.perf_counter() - t_eval)
             last_val = val_loss
             if state.best_val_loss is None or val_loss < state.best_val_loss:
                 state.best_val_loss = val_loss
-            emit({"kind": "eval", "step": state.step, "val_loss": val_loss})
+            emit({
+                "kind": "eval", "step": state.step, "train_loss": train_loss, "val_loss": val_loss,
+                "avg_tokens_per_s": tokens_per_step / avg_step if avg_step > 0 else 0.0,
+                "eval_s": time.perf_counter() - t_eval,
+            })  # fmt: skip
 
-        done_steps = state.step - start_step
-        avg_step = train_time / done_steps
         record = {
             "step": state.step,
+            "tokens": state.tokens_seen,
             "loss": loss_value,
             "lr": lr,
             "dt_ms": dt * 1000.0,
             "tokens_per_s": tokens_per_step / dt if dt > 0 else 0.0,
         }
         if val_loss is not None:
+            record["train_loss"] = train_loss
             record["val_loss"] = val_loss
         if problem is not None:
             record["skipped"] = True
@@ -418,8 +441,10 @@ def train(
             ckpt.append_metrics(run_dir, record if finite else {**record, "loss": None})
         emit({
             "kind": "step", **record, "steps": cfg.steps, "val_loss": last_val,
-            "elapsed_s": time.perf_counter() - t_start,
-            "eta_s": avg_step * (cfg.steps - state.step),
+            "elapsed_s": timer.before.wall_s + time.perf_counter() - t_start,
+            "eta_s": timer.eta(
+                state.step, cfg.steps, cfg.eval_every, cfg.save_every, cfg.eval_batches, accum
+            ),
             "avg_tokens_per_s": tokens_per_step / avg_step if avg_step > 0 else 0.0,
         })  # fmt: skip
 
@@ -430,5 +455,8 @@ def train(
             break
     if saved_step != state.step:
         save()  # e.g. resumed a finished run: make sure the files say what the state says
-    emit({"kind": "done", "step": state.step, "stopped": stop is not None and stop.is_set()})
+    emit({
+        "kind": "done", "step": state.step, "stopped": stop is not None and stop.is_set(),
+        "timing": timer.total(time.perf_counter() - t_start), "tokens_seen": state.tokens_seen,
+    })  # fmt: skip
     return state

@@ -94,7 +94,21 @@ def test_train_output_has_progress_and_samples(workdir, env, tmp_path):
     assert "new run in" in out and "parameters" in out
     assert "step 3/3 | loss " in out and "| val " in out and "tok/s" in out and "ETA" in out
     assert out.count("sample:") == 2  # checkpoints at step 2 and at the end
-    assert "done: step 3, best val loss" in out
+    # every evaluation leaves a line: both losses, speed and MFU
+    evals = [line for line in out.splitlines() if line.startswith("eval step ")]
+    assert [line.split(":")[0] for line in evals] == ["eval step 2", "eval step 3"]
+    assert all("train " in e and "| val " in e and "tok/s" in e and "MFU " in e for e in evals)
+    assert "MFLOP per token" in out and "GFLOP/s" in out
+    # the summary: time, speed, final losses, the best and where it was, the files
+    assert "done: step 3 of 3 in " in out and "training" in out and "saving and sampling" in out
+    assert "tokens/s, MFU " in out and "final loss  train " in out
+    best = min(
+        json.loads(line)["val_loss"]
+        for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
+        if "val_loss" in json.loads(line)
+    )
+    assert f"best val    {best:.4f} at step " in out
+    assert "model.safetensors" in out.splitlines()[-2] and "metrics.jsonl" in out.splitlines()[-2]
 
 
 class RecordingProgress:

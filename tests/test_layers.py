@@ -53,9 +53,14 @@ TABLE = [
         "femto.divergence",
         ["femto.model", "femto.optim", "femto.ops", "femto.ops.*", "femto.graph", "femto.data"],
     ),
-    ("femto.train", BELOW_TRAIN),
+    ("femto.timing", []),  # stdlib arithmetic on durations: the ETA and the run's time totals
+    ("femto.train", [*BELOW_TRAIN, "femto.timing"]),
     ("femto.sample", BELOW_TRAIN),
     ("femto.evaluate", BELOW_TRAIN),  # not in STYLE.md's table yet: `femto eval` sits beside sample
+    ("femto.throughput", BELOW_TRAIN),  # FLOPs per token and the matmul peak probe, for MFU
+    ("femto.runlog", ["femto.checkpoint"]),  # metrics.jsonl read back
+    ("femto.plot", ["femto.runlog"]),  # charts of runlogs; plotext / matplotlib lazily
+    ("femto.progress", []),  # the CLI layer's progress bars and status line: only cli imports it
     (
         "femto.cli",
         [
@@ -67,6 +72,10 @@ TABLE = [
             "femto.data",
             "femto.checkpoint",
             "femto.runlock",
+            "femto.progress",
+            "femto.throughput",
+            "femto.runlog",
+            "femto.plot",
         ],
     ),
     ("femto.__main__", ["femto.cli"]),  # `python -m femto` is the femto command
@@ -77,7 +86,12 @@ EXCEPTIONS = {
     ("femto.cli", "femto.backend.cpu"): "lazy import: the CPU kernel path in --version and devices",
     ("femto.cli", "femto.model"): "GPTConfig, whose fields the click options mirror",
 }
-LAZY_ONLY = {"pyopencl": "femto.backend.opencl", "sentencepiece": "femto.tokenizers.*"}
+LAZY_ONLY = {
+    "pyopencl": "femto.backend.opencl",
+    "sentencepiece": "femto.tokenizers.*",
+    "plotext": "femto.plot",
+    "matplotlib": "femto.plot",
+}
 
 
 def module_name(path: pathlib.Path) -> str:

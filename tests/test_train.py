@@ -90,10 +90,16 @@ def test_stopped_and_resumed_run_ends_where_a_straight_run_does(tmp_path, corpus
     model = dict(TINY_MODEL, dropout=0.1)  # dropout seeds come from the saved RNG too
     straight, _ = run_to_end(tmp_path / "straight", cache, tiny_options(corpus), model)
     first, events = run_to_end(tmp_path / "resumed", cache, tiny_options(corpus), model, stop_at=4)
-    assert first.step == 4 and events[-1] == {"kind": "done", "step": 4, "stopped": True}
+    done = events[-1]
+    assert first.step == 4 and (done["kind"], done["step"], done["stopped"]) == ("done", 4, True)
     assert ckpt.load_state(tmp_path / "resumed").step == 4
+    timing = ckpt.load_state(tmp_path / "resumed").timing
+    assert timing["steps"] == 4 and timing["evals"] == 1 and timing["wall_s"] > 0
     second, events = run_to_end(tmp_path / "resumed", cache, tiny_options(corpus), {})
     assert events[0]["resumed"] and events[0]["step"] == 4
+    # the time totals carry over: elapsed starts where the first session ended
+    assert events[0]["elapsed_s"] == timing["wall_s"]
+    assert events[-1]["timing"].steps == 6 and events[-1]["timing"].wall_s > timing["wall_s"]
     assert second.step == straight.step == 6
     a_state, b_state = ckpt.load_state(tmp_path / "straight"), ckpt.load_state(tmp_path / "resumed")
     a = ckpt.load_weights(tmp_path / "straight", a_state)
