@@ -50,8 +50,7 @@ def test_sigterm_finishes_the_step_saves_and_exits_zero(work, tmp_path):
     out, err = child.communicate(timeout=60)
     assert child.returncode == 0, err
     assert "SIGTERM: finishing this step and saving" in err
-    done = out.strip().splitlines()[-1]
-    assert done.startswith("done: step ")
+    done = next(line for line in out.splitlines() if line.startswith("done: step "))
     step = int(done.split()[2].rstrip(","))
     assert step >= 5 and ckpt.load_state(run).step == step  # no step lost
     last = json.loads((run / ckpt.METRICS_FILE).read_text().splitlines()[-1])
