@@ -263,7 +263,7 @@ def train(out: str, **options) -> None:
     try:
         _gpt_train(training, run, run_dir, cache_root)
     finally:
-        lock.release()
+        lock.release(remove_dir_if_empty=True)  # a run that failed before writing leaves no trace
 
 
 def _gpt_prepare(training, run_dir: pathlib.Path, model_options: dict, options: dict, cache_root):
