@@ -21,7 +21,7 @@ from helpers_a import (
 
 import femto.train
 from femto import checkpoint as ckpt
-from femto.divergence import MAX_SKIPS, SPIKE_FACTOR, DivergenceGuard
+from femto.divergence import MAX_SKIPS, SPIKE_FACTOR, SPIKE_MARGIN, DivergenceGuard
 from femto.errors import TrainingDiverged
 from femto.model import GPT, GPTConfig
 from femto.optim import AdamW
@@ -170,10 +170,14 @@ def test_loss_rules():
     guard = DivergenceGuard.__new__(DivergenceGuard)
     guard.mean, guard.skips_in_a_row = None, 0
     assert guard.loss_problem(1e9) is None  # no running mean yet: only non-finite is refused
+    guard.accepted(0.05)  # a memorized corpus: a batch at 4x the mean is noise, not a spike
+    assert guard.loss_problem(0.2) is None
+    guard.mean = None
     assert guard.loss_problem(float("nan")) == "loss is nan"
     guard.accepted(2.0)
-    assert guard.loss_problem(2.0 * SPIKE_FACTOR * 0.99) is None
-    assert "running mean 2" in guard.loss_problem(2.0 * SPIKE_FACTOR * 1.01)
+    assert guard.loss_problem(guard.limit()) is None
+    assert guard.limit() == 2.0 * SPIKE_FACTOR + SPIKE_MARGIN
+    assert "far above its running mean 2" in guard.loss_problem(guard.limit() * 1.01)
     for _ in range(MAX_SKIPS - 1):
         guard.skipped(7, "loss is nan")
     with pytest.raises(TrainingDiverged, match="at step 7"):
