@@ -237,6 +237,9 @@ def _gpt_train(training, run, run_dir: pathlib.Path) -> None:
                 click.echo("\r\033[K" + line, nl=False)
             elif event["step"] % cfg.log_every == 0 or event["step"] == event["steps"]:
                 click.echo(line)
+        elif kind == "skip":  # the divergence guard (femto/divergence.py) skipped an update
+            prefix = "\n" if tty else ""
+            click.echo(f"{prefix}step {event['step']} skipped: its {event['reason']}", err=True)
         elif kind == "checkpoint":
             prefix = "\n" if tty else ""
             if prompt is None or cfg.sample_tokens == 0:

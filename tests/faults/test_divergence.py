@@ -80,6 +80,7 @@ def test_a_bad_step_is_skipped_and_training_goes_on(work, tmp_path, monkeypatch)
     run = tmp_path / "run"
     result = invoke(["train", "--data", corpus, "--out", run, *TINY, "--steps", "6"], env)
     assert result.exit_code == 0, result.output
+    assert "step 3 skipped: its loss is nan" in result.output
     records = [json.loads(line) for line in (run / ckpt.METRICS_FILE).read_text().splitlines()]
     skipped = [r for r in records if r.get("skipped")]
     assert [r["step"] for r in skipped] == [3] and skipped[0]["loss"] is None
