@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -89,6 +91,39 @@ def test_a_bad_step_is_skipped_and_training_goes_on(work, tmp_path, monkeypatch)
     )
     assert ckpt.load_state(run).step == 6
     assert_run_whole(run)
+
+
+def test_a_run_with_a_skipped_step_resumes_bit_exactly(work, tmp_path, monkeypatch):
+    _, corpus, env, good, _ = work
+    real_call, real_get_batch = femto.train.TrainStep.__call__, femto.train.get_batch
+    calls, batches = [], []
+
+    def one_nan(self, x, y, rng):  # the first step after the good run's 6 is bad
+        loss = real_call(self, x, y, rng)
+        calls.append(loss)
+        return float("nan") if len(calls) == 1 else loss
+
+    def stopping_get_batch(*args, **kwargs):
+        batches.append(1)
+        if len(batches) == 2:  # during step 8: Ctrl-C, which saves after the step
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_get_batch(*args, **kwargs)
+
+    monkeypatch.setattr(femto.train.TrainStep, "__call__", one_nan)
+    args = ["train", "--data", corpus, *TINY, "--steps", "12"]
+    straight = copy_run(good, tmp_path / "straight")
+    assert invoke([*args, "--out", straight], env).exit_code == 0
+    calls.clear()
+    monkeypatch.setattr(femto.train, "get_batch", stopping_get_batch)
+    resumed = copy_run(good, tmp_path / "resumed")
+    assert invoke([*args, "--out", resumed], env).exit_code == 0
+    assert ckpt.load_state(resumed).step == 8
+    monkeypatch.setattr(femto.train, "get_batch", real_get_batch)
+    calls.append(0.0)  # no more NaN
+    assert invoke([*args, "--out", resumed], env).exit_code == 0
+    for name in (ckpt.MODEL_FILE, ckpt.OPTIMIZER_FILE):
+        a, b = ckpt.load_safetensors(straight / name)[0], ckpt.load_safetensors(resumed / name)[0]
+        assert all(np.array_equal(a[k], b[k]) for k in a), name
 
 
 def test_many_bad_steps_in_a_row_stop_with_one_line(work, tmp_path, monkeypatch):
