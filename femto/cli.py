@@ -143,7 +143,7 @@ def train(out: str, **options) -> None:
     model_options = {k: options.pop(k) for k in _GPT_MODEL_FIELDS}
     run_dir = pathlib.Path(out)
     cache_root = _gpt_cache_root()
-    # ---- faults: one trainer per run directory; SIGTERM is Ctrl-C; start-up interrupts are clean --
+    # ---- faults: one trainer per run directory; SIGTERM is Ctrl-C; clean start-up interrupts ----
     from femto.runlock import TrainerLock
 
     def interrupt(signum, frame):

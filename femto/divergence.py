@@ -2,10 +2,11 @@
 never written from a state that has diverged.
 
 Two rules. Per step (the loss is read every step anyway): a non-finite loss, a non-finite gradient
-norm, or a loss far above its running mean (over 3x it, plus 1 nat) skips the update; several in a row stop training. Before a
-save: the parameters and both AdamW moments must be finite (one device-side flag, no download), and
-the loss of the state about to be saved, on a fixed training batch, must not be far above the running
-mean: an update can ruin every parameter while leaving them finite (lr 1e38 gives weights near 1e38).
+norm, or a loss far above its running mean (over 3x it, plus 1 nat) skips the update; several in a
+row stop training. Before a save: the parameters and both AdamW moments must be finite (one
+device-side flag, no download), and the loss of the state about to be saved, on a fixed training
+batch, must not be far above the running mean: an update can ruin every parameter while leaving
+them finite (lr 1e38 gives weights near 1e38).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ MAX_SKIPS = 5
 
 
 class DivergenceGuard:
-    """Tracks the running mean of accepted losses; decides skips; vets the state before each save."""
+    """The running mean of accepted losses, the skip decisions, the check before each save."""
 
     def __init__(
         self, model: GPT, optimizer: AdamW, tokens: np.ndarray, batch_size: int, seed: int

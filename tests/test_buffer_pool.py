@@ -1,6 +1,6 @@
 """The CPU backend's buffer pool: a dead tensor's buffer serves the next allocation of its size, but
 never while another owner (a tensor sharing it, a kernel plan) still holds it; ownership is counted
-explicitly (own/retain/release), not read from the interpreter; a training step reuses, not allocates."""
+explicitly (own/retain/release), not read from the interpreter; a training step allocates nothing."""
 
 from __future__ import annotations
 

@@ -127,8 +127,8 @@ class CPUBackend(Capturing):
     def release(self, buf: np.ndarray) -> None:
         """Drop one owner of an owned buffer (graph.Tensor calls this as a tensor that owns its
         buffer dies). After the last, a later empty() or zeros() of the same size
-        reuses it, unless a kernel plan uses it: then it goes back only to that plan's own free list,
-        and only while the plan is being captured, so its replays reuse it exactly as the capture
+        reuses it, unless a kernel plan uses it: then it goes back only to that plan's own free
+        list, and only while the plan is being captured, so its replays reuse it exactly as the capture
         did and nothing outside the plan ever gets it. A buffer nobody owns: a no-op."""
         entry = self._owners.get(id(buf))
         if entry is None or entry[0] is not buf:

@@ -183,8 +183,10 @@ def test_state_check_names_what_is_not_finite(backend, kind):
     assert guard.state_problem() is None
     name = max(model.params)
     target = {
-        "parameters": model.params[name], "exp_avg": optimizer.m[name], "exp_avg_sq": optimizer.v[name]
-    }[kind]  # fmt: skip
+        "parameters": model.params[name],
+        "exp_avg": optimizer.m[name],
+        "exp_avg_sq": optimizer.v[name],
+    }[kind]
     values = np.zeros(target.shape, np.float32)
     values.reshape(-1)[-1] = np.nan
     target.copy_from_numpy(values)

@@ -76,7 +76,7 @@ class FailingWrite:
 
 
 # a resumed 2-step run makes about 110 os.write calls: the first are metrics and tokenizer files,
-# then each save writes the model (6 to ~30), the optimizer (~30 to ~55), config.json and the journal
+# then each save writes the model (6 to ~30), the optimizer (~30 to ~55), config.json, the journal
 CALLS = [*range(1, 13), 20, 30, 40, 50, *range(53, 61), 80, 108]
 
 
