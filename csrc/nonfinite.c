@@ -1,4 +1,4 @@
-/* nonfinite.c: the divergence guard's test for NaN and infinity; shapes in femto/ops/nonfinite.py. */
+/* nonfinite.c: the divergence guard's NaN and infinity test; shapes in femto/ops/nonfinite.py. */
 #include <stdint.h>
 #include <string.h>
 

@@ -237,7 +237,7 @@ def train(out: str, **options) -> None:
     model_options = {k: options.pop(k) for k in _GPT_MODEL_FIELDS}
     run_dir = pathlib.Path(out)
     cache_root = _gpt_cache_root()
-    # ---- faults: one trainer per run directory; SIGTERM is Ctrl-C; start-up interrupts are clean --
+    # ---- faults: one trainer per run directory; SIGTERM is Ctrl-C; clean start-up interrupts ----
     from femto.runlock import TrainerLock
 
     def interrupt(signum, frame):
@@ -361,6 +361,8 @@ def _gpt_train(training, run, run_dir: pathlib.Path, cache_root: pathlib.Path) -
                 f"val {event['val_loss']:.4f} | {event['avg_tokens_per_s']:,.0f} tok/s | "
                 f"MFU {mfu:.1f}% | eval {event['eval_s']:.1f} s"
             )
+        elif kind == "skip":  # the divergence guard (femto/divergence.py) skipped an update
+            status.line(f"step {event['step']} skipped: its {event['reason']}")
         elif kind == "checkpoint":
             if prompt is None or cfg.sample_tokens == 0:
                 status.line(f"saved {run_dir} at step {event['step']}")

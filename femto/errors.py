@@ -42,7 +42,7 @@ class KernelBuildError(FemtoError):
 
 
 class TrainingDiverged(FemtoError):
-    """Training reached a non-finite or exploding state; the last checkpoint was kept, not replaced."""
+    """Training reached a non-finite or exploding state; the last checkpoint was kept."""
 
 
 class WriteFailed(FemtoError):

@@ -3,7 +3,7 @@
 A file is written under a temporary name, fsynced, renamed over its target, and the directory fsynced,
 so a crash or kill at any instant leaves either the old file or the new one, never a torn one. A
 write that fails (ENOSPC, EFBIG, EROFS, EACCES, EIO, ...) removes its partial file and raises
-WriteFailed naming the file and the cause. Bytes go through os.write, whose short writes are resumed.
+WriteFailed naming the file and the cause. Bytes go through os.write; short writes are resumed.
 """
 
 from __future__ import annotations

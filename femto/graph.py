@@ -77,7 +77,9 @@ class Tensor:
         self.requires_grad = requires_grad
         self.grad: Tensor | None = None
         self.op: Op | None = None
-        self.pooled = False  # True when the backend allocated `data` for this tensor alone
+        # True when this tensor is one of the owners of a buffer the backend pools: it releases
+        # its ownership as it dies (Tensor.empty/zeros make one owner, reshaped() adds one)
+        self.pooled = False
         self.value_range: tuple[int, int] | None = None  # (min, max) of int32 data, when known
         # as a gradient: how many graph nodes have this tensor as their .grad (Op.pass_grad_to shares)
         self.grad_holders = 1
@@ -106,18 +108,38 @@ class Tensor:
     @classmethod
     def empty(cls, shape: Sequence[int], backend: Backend, dtype: str = "float32") -> Tensor:
         t = cls(backend.empty(math.prod(shape), dtype), shape, backend, dtype)
-        t.pooled = True
+        t._own()
         return t
 
     @classmethod
     def zeros(cls, shape: Sequence[int], backend: Backend, dtype: str = "float32") -> Tensor:
         t = cls(backend.zeros(math.prod(shape), dtype), shape, backend, dtype)
-        t.pooled = True
+        t._own()
+        return t
+
+    def _own(self) -> None:
+        """Become the owner of a buffer the backend allocated for this tensor, on backends that
+        pool buffers (an own/retain/release method set); others just free it when it dies."""
+        own = getattr(self.backend, "own", None)
+        if own is not None:
+            own(self.data)
+            self.pooled = True
+
+    def reshaped(self, shape: Sequence[int]) -> Tensor:
+        """The same elements under another shape of the same size: a tensor sharing this one's
+        buffer, and owning it too, so the buffer outlives whichever of the two dies first."""
+        if math.prod(shape) != self.size:
+            raise ShapeError(f"reshape of a tensor of shape {self.shape} to {tuple(shape)}")
+        t = Tensor(self.data, shape, self.backend, self.dtype)
+        retain = getattr(self.backend, "retain", None)
+        if self.pooled and retain is not None:
+            retain(self.data)
+            t.pooled = True
         return t
 
     def __del__(self) -> None:
-        # Offer the buffer back for reuse by a later tensor of the same size; the backend takes it
-        # only if nothing else holds it (another Tensor sharing it, a numpy view, a kernel plan).
+        # Give up this tensor's ownership of a pooled buffer: after its last owner, the backend
+        # reuses the buffer for a later tensor of the same size (unless a kernel plan uses it).
         # Backends without a pool (no release method) just free it.
         if self.pooled:
             release = getattr(self.backend, "release", None)

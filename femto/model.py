@@ -247,7 +247,7 @@ class GPT:
         if ids is None:
             rows = np.arange(1, B + 1, dtype=np.int32).reshape(B, 1) * T - 1  # (B, 1)
             ids = self._last_rows[(B, T)] = Tensor.from_numpy(rows, self.backend)
-        return embedding(ids, Tensor(x.data, (B * T, C), self.backend))  # (B, 1, C)
+        return embedding(ids, x.reshaped((B * T, C)))  # (B, 1, C)
 
     def _block(
         self,

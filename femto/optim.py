@@ -136,6 +136,11 @@ class AdamW:
             )  # fmt: skip
         return True
 
+    def skip(self) -> None:
+        """Count a step that applied no update (the divergence guard skipped it): step_count keeps
+        equal to the training step, which is what a resumed run restores (load_state_arrays)."""
+        self.step_count += 1
+
     def state_tensors(self) -> dict[str, list[Tensor]]:
         """The whole optimized state on the device, by kind ("parameters", "exp_avg", "exp_avg_sq"),
         one flat tensor per weight-decay group: what a check before a save looks at."""

@@ -1,8 +1,8 @@
-"""OS file locks on a run directory: one trainer per directory, and readers that never see half a save.
+"""OS file locks on a run directory: one trainer per directory, readers that never see half a save.
 
 Two flock(2) locks, which the kernel drops when their process ends however it ends (exit, exception,
-kill -9): `.train.lock`, a file holding the pid of the `femto train` that locks it exclusively for its
-whole life (removed when it ends cleanly), and the run directory itself, locked exclusively while a
+kill -9): `.train.lock`, a file holding the pid of the `femto train` that locks it exclusively for
+its whole life (removed when it ends cleanly), and the run directory itself, locked exclusively while a
 checkpoint commit renames files and shared by readers while they read config.json, the tokenizer and
 the weights (a directory can be locked read-only, so readers create nothing). Stdlib only.
 """
@@ -23,8 +23,9 @@ TRAIN_LOCK = ".train.lock"
 
 
 class TrainerLock:
-    """The exclusive lock of one trainer on `run_dir`, taken on creation and released by release() or
-    by the process's end. The lock file holds the holder's pid, for the message a second one gets."""
+    """The exclusive lock of one trainer on `run_dir`, taken on creation and released by
+    release() or by the process's end. The lock file holds the holder's pid, for the message a
+    second one gets."""
 
     def __init__(self, run_dir: pathlib.Path):
         self.run_dir = pathlib.Path(run_dir)
@@ -71,7 +72,8 @@ class TrainerLock:
 
     def release(self, remove_dir_if_empty: bool = False) -> None:
         """Drop the lock and its file. With remove_dir_if_empty, a run directory this lock created
-        and that holds nothing else goes too (a trainer that failed before writing leaves no trace)."""
+        and that holds nothing else goes too: a trainer that failed before writing leaves no
+        trace."""
         if self.fd is None:
             return
         with contextlib.suppress(OSError):

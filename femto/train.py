@@ -394,6 +394,7 @@ def train(
         if problem is None:
             guard.accepted(loss_value)
         else:
+            optimizer.skip()
             guard.skipped(state.step + 1, problem)  # raises after several in a row
             emit({"kind": "skip", "step": state.step + 1, "reason": problem})
         backend.synchronize()

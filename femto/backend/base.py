@@ -31,7 +31,7 @@ class KernelPlan:
     plan holds every buffer it touches, so none of them goes back to a buffer pool while it lives; a
     replay reads what those buffers hold then and overwrites what the recorded work wrote."""
 
-    __slots__ = ("calls", "free", "keep")
+    __slots__ = ("__weakref__", "calls", "free", "keep")
 
     def __init__(self) -> None:
         self.calls: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []

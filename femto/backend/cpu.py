@@ -16,6 +16,7 @@ import os
 import pathlib
 import platform
 import sys
+import weakref
 from typing import Any
 
 import numpy as np
@@ -158,6 +159,14 @@ class CPUBackend(Capturing):
         # free buffers by (dtype, size): activations and gradients of one step serve the next, so a
         # steady training loop allocates nothing and touches no fresh pages
         self._free: dict[tuple[str, int], list[np.ndarray]] = {}
+        # the ownership of pooled buffers, counted explicitly: id(buffer) -> [buffer, owners]. own()
+        # makes one owner of a fresh buffer, retain() adds one, release() drops one, and the last
+        # release returns the buffer to a pool. The entry holds the buffer, so its id stays unique.
+        # Buffers nobody owns (the optimizer's storage, a test's scratch) are never pooled.
+        self._owners: dict[int, list] = {}
+        # plans that hold buffers by bare address (see _keep): a buffer one of them uses is never
+        # pooled again outside it, since its replays write it
+        self._plans: weakref.WeakSet = weakref.WeakSet()
         self._kernels: dict[str, Any] = {}
         if num_threads is not None:
             self.set_num_threads(num_threads)
@@ -186,19 +195,39 @@ class CPUBackend(Capturing):
         self.zero_(buf)  # through zero_, so a capture records the fill
         return buf
 
-    def release(self, buf: np.ndarray, _refcount=sys.getrefcount) -> None:
-        """Take back the buffer of a tensor that died (graph.Tensor calls this), unless something else
-        still holds it: another tensor, a numpy view, a kernel plan. A later empty() or zeros() of
-        the same size reuses it. A buffer a plan holds goes back only to that plan's own free list,
-        and only while the plan is being captured: its replays reuse it exactly as the capture did,
-        and nothing outside the plan ever gets it."""
-        holders = _refcount(buf) - 3  # beyond the dying tensor, this argument and _refcount's own
-        if holders == 0:
-            free = self._free.setdefault((_DTYPE_NAMES[buf.dtype], buf.size), [])
-        elif holders == 1 and self._plan is not None and id(buf) in self._plan.keep:
-            free = self._plan.free.setdefault((_DTYPE_NAMES[buf.dtype], buf.size), [])
-        else:
+    def own(self, buf: np.ndarray) -> None:
+        """Make the caller the one owner of a buffer it just got from empty() or zeros() (a tensor
+        allocating its data): its release() will return the buffer to the pool."""
+        self._owners[id(buf)] = [buf, 1]
+
+    def retain(self, buf: np.ndarray) -> None:
+        """Add an owner to an owned buffer (another tensor sharing it); each retain() is matched by
+        one release(). A buffer nobody owns is not pooled: a no-op."""
+        entry = self._owners.get(id(buf))
+        if entry is not None and entry[0] is buf:
+            entry[1] += 1
+
+    def release(self, buf: np.ndarray) -> None:
+        """Drop one owner of an owned buffer (graph.Tensor calls this as a tensor that owns its
+        buffer dies). After the last, a later empty() or zeros() of the same size
+        reuses it, unless a kernel plan uses it: then it goes back only to that plan's own free
+        list, and only while the plan is being captured, so its replays reuse it exactly as the capture
+        did and nothing outside the plan ever gets it. A buffer nobody owns: a no-op."""
+        entry = self._owners.get(id(buf))
+        if entry is None or entry[0] is not buf:
             return
+        entry[1] -= 1
+        if entry[1] > 0:
+            return
+        del self._owners[id(buf)]
+        key = (_DTYPE_NAMES[buf.dtype], buf.size)
+        plan = self._plan
+        if plan is not None and id(buf) in plan.keep:
+            free = plan.free.setdefault(key, [])
+        elif any(id(buf) in other.keep for other in self._plans):
+            return
+        else:
+            free = self._free.setdefault(key, [])
         if len(free) < POOL_MAX_PER_SIZE:
             free.append(buf)
 
@@ -231,11 +260,14 @@ class CPUBackend(Capturing):
         np.copyto(dst, host.reshape(-1))
 
     def _keep(self, buf: np.ndarray) -> None:
-        """Hold one reference to `buf` in the plan being captured: its calls hold bare addresses
-        (so the plan's count of references stays one, which release() relies on)."""
-        self._plan.keep.setdefault(id(buf), buf)
+        """Hold `buf` in the plan being captured (its calls hold bare addresses): it stays alive
+        while the plan does, and release() keeps it out of the shared pool."""
+        plan = self._plan
+        plan.keep.setdefault(id(buf), buf)
+        self._plans.add(plan)
 
     def view(self, buf: np.ndarray, offset: int, n: int) -> np.ndarray:
+        # a view is not an owner: views are made of buffers nothing pools (the optimizer's storage)
         if offset % self.view_alignment or offset < 0 or offset + n > buf.size:
             raise ValueError(f"view [{offset}, {offset + n}) of a buffer of {buf.size} elements")
         return buf[offset : offset + n]

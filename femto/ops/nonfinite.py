@@ -1,5 +1,5 @@
-"""The divergence guard's finiteness test: one flag for any number of buffers, computed on the device,
-so a training run can check its whole state before a save without reading the state back."""
+"""The divergence guard's finiteness test: one flag for any number of buffers, computed on the
+device, so a training run can check its whole state before a save without reading it back."""
 
 from femto.errors import ShapeError
 from femto.graph import Op, Tensor, check_float

@@ -1,5 +1,5 @@
 """Shared pieces of the fault tests of training and saving: a tiny corpus and run, `femto` in a
-subprocess (for signals, locks, kills and resource limits), and the checks a surviving run must pass.
+subprocess (for signals, locks, kills and resource limits), and the checks a surviving run passes.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ FOREVER = ["--steps", "1000000"]
 
 
 def make_workdir(root: pathlib.Path) -> tuple[pathlib.Path, dict]:
-    """(corpus path, environment) for femto runs under `root`: a 20 kB corpus and a private cache."""
+    """(corpus path, environment) for runs under `root`: a 20 kB corpus and a private cache."""
     text = (bundled_root() / "shakespeare" / "tinyshakespeare.txt").read_text(encoding="utf-8")
     corpus = root / "corpus.txt"
     corpus.write_text(text[:20_000], encoding="utf-8")
@@ -59,7 +59,7 @@ def child_env(env: dict) -> dict:
 
 def femto_child(args, env: dict, prelude: str = "", **popen) -> subprocess.Popen:
     """`femto ARGS` in a child process, stdout and stderr piped (text). `prelude` is Python run
-    before the CLI starts (a test's instrumentation: patches that stall or kill at chosen points)."""
+    before the CLI starts (a test's instrumentation: patches that stall or kill at some point)."""
     code = f"{prelude}\nfrom femto.cli import main\nmain()\n"
     return subprocess.Popen(
         [sys.executable, "-c", code, *map(str, args)],
@@ -84,7 +84,8 @@ def wait_for_line(proc: subprocess.Popen, fragment: str, timeout: float = 60.0) 
             return lines
     proc.kill()
     raise AssertionError(
-        f"no line with {fragment!r} from the child; stdout {lines[-5:]}, stderr {proc.stderr.read()}"
+        f"no line with {fragment!r} from the child; stdout {lines[-5:]}, "
+        f"stderr {proc.stderr.read()}"
     )
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -21,7 +23,7 @@ from helpers_a import (
 
 import femto.train
 from femto import checkpoint as ckpt
-from femto.divergence import MAX_SKIPS, SPIKE_FACTOR, DivergenceGuard
+from femto.divergence import MAX_SKIPS, SPIKE_FACTOR, SPIKE_MARGIN, DivergenceGuard
 from femto.errors import TrainingDiverged
 from femto.model import GPT, GPTConfig
 from femto.optim import AdamW
@@ -80,6 +82,7 @@ def test_a_bad_step_is_skipped_and_training_goes_on(work, tmp_path, monkeypatch)
     run = tmp_path / "run"
     result = invoke(["train", "--data", corpus, "--out", run, *TINY, "--steps", "6"], env)
     assert result.exit_code == 0, result.output
+    assert "step 3 skipped: its loss is nan" in result.output
     records = [json.loads(line) for line in (run / ckpt.METRICS_FILE).read_text().splitlines()]
     skipped = [r for r in records if r.get("skipped")]
     assert [r["step"] for r in skipped] == [3] and skipped[0]["loss"] is None
@@ -88,6 +91,39 @@ def test_a_bad_step_is_skipped_and_training_goes_on(work, tmp_path, monkeypatch)
     )
     assert ckpt.load_state(run).step == 6
     assert_run_whole(run)
+
+
+def test_a_run_with_a_skipped_step_resumes_bit_exactly(work, tmp_path, monkeypatch):
+    _, corpus, env, good, _ = work
+    real_call, real_get_batch = femto.train.TrainStep.__call__, femto.train.get_batch
+    calls, batches = [], []
+
+    def one_nan(self, x, y, rng):  # the first step after the good run's 6 is bad
+        loss = real_call(self, x, y, rng)
+        calls.append(loss)
+        return float("nan") if len(calls) == 1 else loss
+
+    def stopping_get_batch(*args, **kwargs):
+        batches.append(1)
+        if len(batches) == 2:  # during step 8: Ctrl-C, which saves after the step
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_get_batch(*args, **kwargs)
+
+    monkeypatch.setattr(femto.train.TrainStep, "__call__", one_nan)
+    args = ["train", "--data", corpus, *TINY, "--steps", "12"]
+    straight = copy_run(good, tmp_path / "straight")
+    assert invoke([*args, "--out", straight], env).exit_code == 0
+    calls.clear()
+    monkeypatch.setattr(femto.train, "get_batch", stopping_get_batch)
+    resumed = copy_run(good, tmp_path / "resumed")
+    assert invoke([*args, "--out", resumed], env).exit_code == 0
+    assert ckpt.load_state(resumed).step == 8
+    monkeypatch.setattr(femto.train, "get_batch", real_get_batch)
+    calls.append(0.0)  # no more NaN
+    assert invoke([*args, "--out", resumed], env).exit_code == 0
+    for name in (ckpt.MODEL_FILE, ckpt.OPTIMIZER_FILE):
+        a, b = ckpt.load_safetensors(straight / name)[0], ckpt.load_safetensors(resumed / name)[0]
+        assert all(np.array_equal(a[k], b[k]) for k in a), name
 
 
 def test_many_bad_steps_in_a_row_stop_with_one_line(work, tmp_path, monkeypatch):
@@ -147,8 +183,10 @@ def test_state_check_names_what_is_not_finite(backend, kind):
     assert guard.state_problem() is None
     name = max(model.params)
     target = {
-        "parameters": model.params[name], "exp_avg": optimizer.m[name], "exp_avg_sq": optimizer.v[name]
-    }[kind]  # fmt: skip
+        "parameters": model.params[name],
+        "exp_avg": optimizer.m[name],
+        "exp_avg_sq": optimizer.v[name],
+    }[kind]
     values = np.zeros(target.shape, np.float32)
     values.reshape(-1)[-1] = np.nan
     target.copy_from_numpy(values)
@@ -170,10 +208,14 @@ def test_loss_rules():
     guard = DivergenceGuard.__new__(DivergenceGuard)
     guard.mean, guard.skips_in_a_row = None, 0
     assert guard.loss_problem(1e9) is None  # no running mean yet: only non-finite is refused
+    guard.accepted(0.05)  # a memorized corpus: a batch at 4x the mean is noise, not a spike
+    assert guard.loss_problem(0.2) is None
+    guard.mean = None
     assert guard.loss_problem(float("nan")) == "loss is nan"
     guard.accepted(2.0)
-    assert guard.loss_problem(2.0 * SPIKE_FACTOR * 0.99) is None
-    assert "running mean 2" in guard.loss_problem(2.0 * SPIKE_FACTOR * 1.01)
+    assert guard.loss_problem(guard.limit()) is None
+    assert guard.limit() == 2.0 * SPIKE_FACTOR + SPIKE_MARGIN
+    assert "far above its running mean 2" in guard.loss_problem(guard.limit() * 1.01)
     for _ in range(MAX_SKIPS - 1):
         guard.skipped(7, "loss is nan")
     with pytest.raises(TrainingDiverged, match="at step 7"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import pytest
 from helpers_a import (
@@ -97,7 +98,9 @@ def test_readers_looping_while_a_trainer_saves_never_fail(work, tmp_path):
     failures, seen = [], set()
     try:
         wait_for_line(trainer, "step 3/")
-        for _ in range(60):
+        reads, deadline = 0, time.monotonic() + 30
+        while (reads < 60 or len(seen) < 3) and time.monotonic() < deadline:
+            reads += 1
             try:
                 loaded = load_run(run)  # config, tokenizer and weights of one checkpoint
                 tokenizer, _ = load_tokenizer_of(run)

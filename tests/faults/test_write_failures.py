@@ -76,7 +76,7 @@ class FailingWrite:
 
 
 # a resumed 2-step run makes about 110 os.write calls: the first are metrics and tokenizer files,
-# then each save writes the model (6 to ~30), the optimizer (~30 to ~55), config.json and the journal
+# then each save writes the model (6 to ~30), the optimizer (~30 to ~55), config.json, the journal
 CALLS = [*range(1, 13), 20, 30, 40, 50, *range(53, 61), 80, 108]
 
 
@@ -165,3 +165,25 @@ def test_metrics_records_stay_json(work, tmp_path):
     assert invoke(resume_args(corpus, run), env).exit_code == 0
     for line in (run / ckpt.METRICS_FILE).read_text().splitlines():
         assert isinstance(json.loads(line)["step"], int)
+
+
+def test_unwritable_cache_directory(work, tmp_path, monkeypatch):
+    # FEMTO_CACHE_DIR on a read-only filesystem: the token cache cannot be written
+    corpus, _, _ = work
+    cache = tmp_path / "cache"
+    real_open = os.open
+
+    def refusing_open(path, flags, *args, **kwargs):
+        if str(path).startswith(str(cache)) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refusing_open)
+    run = tmp_path / "run"
+    result = invoke(["train", "--data", corpus, "--out", run, *TINY, "--steps", 2],
+                    {"FEMTO_CACHE_DIR": str(cache)})  # fmt: skip
+    monkeypatch.undo()
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and f"cannot write {cache}" in lines[0] and "(EROFS)" in lines[0], lines
+    assert not run.exists()  # the run directory the lock made is gone again

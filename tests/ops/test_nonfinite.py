@@ -1,6 +1,6 @@
 """nonfinite (the divergence guard's test): every backend against the float64 reference, for NaN,
-+-inf and the largest finite floats at every position, tails included; several inputs share one flag;
-it has no gradient; bad inputs raise ShapeError. Exact: the flag is 0.0 or 1.0."""
++-inf and the largest finite floats at every position, tails included; several inputs share one
+flag; it has no gradient; bad inputs raise ShapeError. Exact: the flag is 0.0 or 1.0."""
 
 import numpy as np
 import pytest
