@@ -17,7 +17,9 @@ import numpy as np
 
 from femto.errors import CheckpointError, ConfigError
 from femto.fileio import fsync_directory, write_atomic, write_synced
+from femto.memory_estimate import check_fits, weights_bytes
 from femto.model import GPTConfig
+from femto.safe_read import MAX_JSON_BYTES, loads_json, read_bytes
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
@@ -27,6 +29,8 @@ METRICS_FILE = "metrics.jsonl"
 JOURNAL_FILE = ".checkpoint-commit.json"
 CHECKPOINT_FILES = (MODEL_FILE, OPTIMIZER_FILE, CONFIG_FILE)
 MAX_HEADER_BYTES = 100_000_000  # the safetensors reference implementation's limit
+# a header describes each tensor in one flat object: {"name": {"shape": [...], ...}}
+MAX_HEADER_DEPTH = 4
 _F32 = np.dtype("<f4")
 
 
@@ -88,12 +92,7 @@ def decode_safetensors(buf: bytes, source: str) -> tuple[dict[str, np.ndarray], 
             f"{source} is truncated: header promises {n:,} header bytes, file has {size - 8:,} after "
             "the length (interrupted save?)"
         )
-    try:
-        header = json.loads(buf[8 : 8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(
-            f"{source} is corrupt: its header is not UTF-8 JSON ({exc})"
-        ) from None
+    header = loads_json(bytes(buf[8 : 8 + n]), source, CheckpointError, MAX_HEADER_DEPTH, "its header")
     if not isinstance(header, dict):
         raise CheckpointError(f"{source} is corrupt: its header is not a JSON object")
     metadata = header.pop("__metadata__", None) or {}
@@ -162,13 +161,11 @@ def decode_safetensors(buf: bytes, source: str) -> tuple[dict[str, np.ndarray], 
 def load_safetensors(path: pathlib.Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     path = pathlib.Path(path)
     try:
-        buf = path.read_bytes()
+        buf = read_bytes(path, CheckpointError)
     except FileNotFoundError:
         raise CheckpointError(
             f"{path} is missing: a run directory is created by `femto train --out {path.parent}`"
         ) from None
-    except OSError as exc:
-        raise CheckpointError(f"{path} cannot be read: {exc.strerror}") from None
     return decode_safetensors(buf, str(path))
 
 
@@ -283,9 +280,10 @@ def load_state(run_dir: pathlib.Path) -> RunState:
             f"no run in {run_dir}: {shown} is missing (a run is created by `femto train --out {run_dir}`)"
         )
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{shown} is corrupt: not UTF-8 JSON ({exc})") from None
+        data = read_bytes(path, CheckpointError, run_dir, MAX_JSON_BYTES)
+    except FileNotFoundError:
+        raise CheckpointError(f"no run in {run_dir}: {shown} is missing") from None
+    raw = loads_json(data, str(shown), CheckpointError)
     if not isinstance(raw, dict) or raw.get("format") != "femto-run":
         raise CheckpointError(f'{shown} is not a femto run config (no "format": "femto-run")')
     version = raw.get("format_version")
@@ -298,6 +296,8 @@ def load_state(run_dir: pathlib.Path) -> RunState:
         model = GPTConfig.from_dict(raw.get("model"))
     except ConfigError as exc:
         raise CheckpointError(f'{shown}: invalid "model": {exc}') from None
+    # a crafted n_layer or n_embd must not make a reader allocate without bound
+    check_fits(weights_bytes(model), f"the model in {shown} (its weights alone)", CheckpointError)
     checks = {
         "train": dict,
         "step": int,
@@ -313,8 +313,10 @@ def load_state(run_dir: pathlib.Path) -> RunState:
     if raw["step"] < 0 or raw["tokens_seen"] < 0:
         raise CheckpointError(f"{shown}: step and tokens_seen must be non-negative")
     best = raw.get("best_val_loss")
-    if best is not None and not isinstance(best, (int, float)):
+    if best is not None and (isinstance(best, bool) or not isinstance(best, (int, float))):
         raise CheckpointError(f'{shown}: "best_val_loss" must be a number or null, got {best!r}')
+    for name, value in raw["rng"].items():
+        _check_rng_state(value, f'{shown}: "rng" entry {name!r}')
     return RunState(
         model=model,
         train=raw["train"],
@@ -324,6 +326,26 @@ def load_state(run_dir: pathlib.Path) -> RunState:
         rng=raw["rng"],
         tokenizer=raw["tokenizer"],
     )
+
+
+def _check_rng_state(value: object, what: str) -> None:
+    """A numpy bit generator state that PCG64 (every femto RNG) accepts, or a CheckpointError."""
+    try:
+        np.random.PCG64().state = value
+    except (TypeError, ValueError, KeyError, OverflowError) as exc:
+        raise CheckpointError(f"{what} is not a numpy PCG64 state ({exc}): got {value!r:.80}") from None
+
+
+def _check_finite(tensors: dict[str, np.ndarray], shown: pathlib.Path) -> None:
+    """Refuse NaN and infinity: a diverged or damaged checkpoint would sample garbage with exit 0."""
+    for name, array in tensors.items():
+        finite = np.isfinite(array)
+        if not finite.all():
+            bad = int(finite.size - np.count_nonzero(finite))
+            raise CheckpointError(
+                f"{shown}: tensor {name} holds {bad:,} non-finite value(s) (NaN or infinity) of "
+                f"{array.size:,}: the checkpoint is diverged or damaged; resume from a good copy"
+            )
 
 
 def _check_step(metadata: dict[str, str], state: RunState, shown: pathlib.Path) -> None:
@@ -365,6 +387,7 @@ def load_weights(run_dir: pathlib.Path, state: RunState) -> dict[str, np.ndarray
         raise CheckpointError(
             f"{shown} holds tensors the model config does not have: {', '.join(unknown[:4])}"
         )
+    _check_finite(tensors, shown)
     return tensors
 
 
@@ -374,20 +397,19 @@ def load_optimizer_state(run_dir: pathlib.Path, state: RunState) -> dict[str, np
     shown = run_dir / OPTIMIZER_FILE
     tensors, metadata = decode_safetensors(_read(run_dir, OPTIMIZER_FILE), str(shown))
     _check_step(metadata, state, shown)
+    _check_finite(tensors, shown)
     return tensors
 
 
 def _read(run_dir: pathlib.Path, name: str) -> bytes:
     path = _committed_path(run_dir, name)
     try:
-        return path.read_bytes()
+        return read_bytes(path, CheckpointError, run_dir)
     except FileNotFoundError:
         raise CheckpointError(
             f"{run_dir / name} is missing: the run in {run_dir} is incomplete "
             f"(`femto train --out {run_dir}` writes it)"
         ) from None
-    except OSError as exc:
-        raise CheckpointError(f"{run_dir / name} cannot be read: {exc.strerror}") from None
 
 
 # ---- metrics.jsonl ----

@@ -6,10 +6,66 @@ so a crash or kill at any instant leaves either the old file or the new one, nev
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pathlib
+import re
+import shutil
+import socket
 import tempfile
 from collections.abc import Iterable
+
+# the writer's pid and a hash of its host name: a temporary is removed only once its writer is dead
+_WRITER = re.compile(r"^\..+\.p(\d+)-([0-9a-f]{8})\.[A-Za-z0-9_]+\.(?:tmp|new|old)$")
+
+
+def _host_tag() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def temporary_prefix(path: pathlib.Path) -> str:
+    """mkstemp/mkdtemp prefix for a temporary standing in for `path`: `.NAME.pPID-HOST.`, so that
+    `remove_stale_temporaries` can tell whether its writer still runs."""
+    return f".{pathlib.Path(path).name}.p{os.getpid()}-{_host_tag()}."
+
+
+def _writer_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # another user's process: alive
+        return True
+    return True
+
+
+def remove_stale_temporaries(directory: pathlib.Path) -> list[pathlib.Path]:
+    """Delete the temporaries (files or folders) in `directory` whose writer, a process on this
+    host, is dead; a kill -9 mid-write leaves them. Returns what was removed."""
+    directory = pathlib.Path(directory)
+    removed = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    host = _host_tag()
+    for entry in entries:
+        match = _WRITER.match(entry.name)
+        if match is None or match.group(2) != host or _writer_alive(int(match.group(1))):
+            continue
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+        except FileNotFoundError:  # another process cleaned it first
+            continue
+        except OSError:  # read-only or not ours: leave it, it harms nothing
+            continue
+        removed.append(pathlib.Path(entry.path))
+    return removed
 
 
 def fsync_directory(directory: pathlib.Path) -> None:
@@ -40,7 +96,7 @@ def write_atomic(path: pathlib.Path, data: bytes | Iterable[bytes | memoryview])
     """Replace `path` with `data` atomically and durably."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; run files are ordinary readable files
