@@ -299,21 +299,55 @@ def _read_tinystories(path: pathlib.Path, skipped: dict) -> Iterator[tuple[str, 
         yield tail, path.stat().st_size
 
 
+def _zstd_blocks(raw: io.BufferedReader, path: pathlib.Path) -> Iterator[bytes]:
+    """Decompressed blocks of every zstandard frame in `raw`; a file that ends inside a frame (a cut
+    download) is a DatasetError, not a silently shorter corpus."""
+    import zstandard
+
+    dctx = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW)
+    frame, inside = dctx.decompressobj(), False
+    while block := raw.read(CHUNK_BYTES):
+        while block:
+            out = frame.decompress(block)
+            inside = True
+            if out:
+                yield out
+            if frame.eof:  # the next frame, if any, starts in what this one left over
+                block = frame.unused_data
+                frame, inside = dctx.decompressobj(), False
+            else:
+                block = b""
+    if inside:
+        raise DatasetError(
+            f"{path} is truncated: its last zstandard frame ends early (an interrupted download?); "
+            "download it again"
+        )
+
+
 def _binary_lines(path: pathlib.Path) -> Iterator[tuple[bytes, int]]:
     """Lines of a plain or zstandard-compressed file, with the compressed bytes read so far."""
     import zstandard  # only Reddit dumps need it
 
     with open(path, "rb") as raw:
-        if path.name.lower().endswith(".zst"):
-            reader = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW).stream_reader(raw)
-            stream = io.BufferedReader(reader, buffer_size=CHUNK_BYTES)
-        else:
-            stream = io.BufferedReader(raw, buffer_size=CHUNK_BYTES)
-        try:
-            for line in stream:
+        if not path.name.lower().endswith(".zst"):
+            for line in io.BufferedReader(raw, buffer_size=CHUNK_BYTES):
                 yield line, raw.tell()
-        except zstandard.ZstdError as exc:  # a truncated or corrupt frame
+            return
+        pending: list[bytes] = []  # the unfinished line, in pieces (a long line is not re-copied)
+        try:
+            for block in _zstd_blocks(raw, path):
+                if b"\n" not in block:
+                    pending.append(block)
+                    continue
+                lines = block.split(b"\n")
+                lines[0] = b"".join([*pending, lines[0]])
+                pending = [lines.pop()]
+                for line in lines:
+                    yield line + b"\n", raw.tell()
+        except zstandard.ZstdError as exc:  # a corrupt frame
             raise DatasetError(f"{path} cannot be decompressed as zstandard: {exc}") from None
+        if any(pending):
+            yield b"".join(pending), raw.tell()
 
 
 def _reddit_paragraph(body: str) -> str:
