@@ -19,7 +19,7 @@ from femto.errors import CheckpointError, ConfigError
 from femto.fileio import fsync_directory, write_atomic, write_synced
 from femto.memory_estimate import check_fits, weights_bytes
 from femto.model import GPTConfig
-from femto.safe_read import MAX_JSON_BYTES, loads_json, read_bytes
+from femto.safe_read import MAX_JSON_BYTES, check_links, loads_json, read_bytes
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
@@ -28,6 +28,9 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 JOURNAL_FILE = ".checkpoint-commit.json"
 CHECKPOINT_FILES = (MODEL_FILE, OPTIMIZER_FILE, CONFIG_FILE)
+# every name femto writes in a run directory (tokenizer files included)
+RUN_FILES = (*CHECKPOINT_FILES, METRICS_FILE, JOURNAL_FILE, "tokenizer.json", "vocab.json",
+             "tokenizer.model")  # fmt: skip
 MAX_HEADER_BYTES = 100_000_000  # the safetensors reference implementation's limit
 # a header describes each tensor in one flat object: {"name": {"shape": [...], ...}}
 MAX_HEADER_DEPTH = 4
@@ -215,6 +218,12 @@ def _committed_path(run_dir: pathlib.Path, name: str) -> pathlib.Path:
     return run_dir / name
 
 
+def check_run_files(run_dir: pathlib.Path) -> None:
+    """Refuse a run directory whose files are links leading out of it or nowhere (femto would write
+    through them: a dangling metrics.jsonl link would create a file elsewhere)."""
+    check_links(run_dir, RUN_FILES, CheckpointError)
+
+
 def has_checkpoint(run_dir: pathlib.Path) -> bool:
     return _committed_path(pathlib.Path(run_dir), CONFIG_FILE).exists()
 
@@ -361,7 +370,9 @@ def load_weights(run_dir: pathlib.Path, state: RunState) -> dict[str, np.ndarray
     """model.safetensors as arrays, checked against the model config (every name and shape)."""
     run_dir = pathlib.Path(run_dir)
     shown = run_dir / MODEL_FILE
-    tensors, metadata = decode_safetensors(_read(run_dir, MODEL_FILE), str(shown))
+    # the weights (twice: nanoGPT's files may carry the tied lm_head too) and a header at most
+    limit = 2 * weights_bytes(state.model) + 8 + MAX_HEADER_BYTES
+    tensors, metadata = decode_safetensors(_read(run_dir, MODEL_FILE, limit), str(shown))
     _check_step(metadata, state, shown)
     expected = state.model.param_shapes()
     if "lm_head.weight" in tensors:
@@ -395,16 +406,17 @@ def load_optimizer_state(run_dir: pathlib.Path, state: RunState) -> dict[str, np
     """optimizer.safetensors as arrays (names checked by the optimizer that loads them)."""
     run_dir = pathlib.Path(run_dir)
     shown = run_dir / OPTIMIZER_FILE
-    tensors, metadata = decode_safetensors(_read(run_dir, OPTIMIZER_FILE), str(shown))
+    limit = 2 * weights_bytes(state.model) + 8 + MAX_HEADER_BYTES  # two moments per weight
+    tensors, metadata = decode_safetensors(_read(run_dir, OPTIMIZER_FILE, limit), str(shown))
     _check_step(metadata, state, shown)
     _check_finite(tensors, shown)
     return tensors
 
 
-def _read(run_dir: pathlib.Path, name: str) -> bytes:
+def _read(run_dir: pathlib.Path, name: str, limit: int) -> bytes:
     path = _committed_path(run_dir, name)
     try:
-        return read_bytes(path, CheckpointError, run_dir)
+        return read_bytes(path, CheckpointError, run_dir, limit)
     except FileNotFoundError:
         raise CheckpointError(
             f"{run_dir / name} is missing: the run in {run_dir} is incomplete "
@@ -420,7 +432,9 @@ def append_metrics(run_dir: pathlib.Path, record: dict) -> None:
     run_dir = pathlib.Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     line = (json.dumps(record, separators=(",", ":")) + "\n").encode("utf-8")
-    fd = os.open(run_dir / METRICS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    # O_NOFOLLOW: never append through a symlink (check_run_files refuses those at the start)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(run_dir / METRICS_FILE, flags, 0o644)
     try:
         os.write(fd, line)
         os.fsync(fd)

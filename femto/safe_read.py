@@ -64,6 +64,25 @@ def open_regular(
     return fd
 
 
+def check_links(directory: pathlib.Path, names, error: type[FemtoError]) -> None:
+    """Refuse a symlink among `names` in `directory` that leads outside it or nowhere: writing
+    through it (metrics.jsonl opened for append) would create or change a file elsewhere."""
+    directory = pathlib.Path(directory)
+    real_root = os.path.realpath(directory)
+    for name in names:
+        path = directory / name
+        if not path.is_symlink():
+            continue
+        real = os.path.realpath(path)
+        if not os.path.exists(real):
+            raise error(f"{path} is a symlink to {os.readlink(path)}, which does not exist: remove it")
+        if os.path.commonpath([real_root, real]) != real_root:
+            raise error(
+                f"{path} is a symlink leading outside {directory} (to {real}): femto keeps a run's "
+                "files inside its directory; replace the link with the file"
+            )
+
+
 def read_bytes(
     path: pathlib.Path,
     error: type[FemtoError],

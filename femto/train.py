@@ -192,6 +192,7 @@ def prepare_run(
     train_options = {k: v for k, v in train_options.items() if v is not None}
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--out {run_dir} is a file, not a run directory")
+    ckpt.check_run_files(run_dir)
     if ckpt.has_checkpoint(run_dir):
         state = ckpt.load_state(run_dir)
         try:
