@@ -78,8 +78,8 @@ def check_links(directory: pathlib.Path, names, error: type[FemtoError]) -> None
             raise error(f"{path} is a symlink to {os.readlink(path)}, which does not exist: remove it")
         if os.path.commonpath([real_root, real]) != real_root:
             raise error(
-                f"{path} is a symlink leading outside {directory} (to {real}): femto keeps a run's "
-                "files inside its directory; replace the link with the file"
+                f"{path} leads outside {directory} through a symlink (to {real}): femto keeps a "
+                "run's files inside its directory; replace the link with the file"
             )
 
 
