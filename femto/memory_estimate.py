@@ -19,7 +19,7 @@ def n_params(model) -> int:
     """Parameters of a GPTConfig-like `model` (vocab_size, block_size, n_layer, n_embd, bias),
     counted arithmetically: a crafted n_layer of a billion must not be iterated over."""
     V, T, C, L = model.vocab_size, model.block_size, model.n_embd, model.n_layer
-    per_block = 12 * C * C + (13 * C if model.bias else 4 * C)
+    per_block = 12 * C * C + (13 * C if model.bias else 2 * C)
     return V * C + T * C + L * per_block + (2 * C if model.bias else C)
 
 
