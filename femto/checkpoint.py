@@ -95,7 +95,9 @@ def decode_safetensors(buf: bytes, source: str) -> tuple[dict[str, np.ndarray], 
             f"{source} is truncated: header promises {n:,} header bytes, file has {size - 8:,} after "
             "the length (interrupted save?)"
         )
-    header = loads_json(bytes(buf[8 : 8 + n]), source, CheckpointError, MAX_HEADER_DEPTH, "its header")
+    header = loads_json(
+        bytes(buf[8 : 8 + n]), source, CheckpointError, MAX_HEADER_DEPTH, "its header"
+    )
     if not isinstance(header, dict):
         raise CheckpointError(f"{source} is corrupt: its header is not a JSON object")
     metadata = header.pop("__metadata__", None) or {}
@@ -342,11 +344,12 @@ def _check_rng_state(value: object, what: str) -> None:
     try:
         np.random.PCG64().state = value
     except (TypeError, ValueError, KeyError, OverflowError) as exc:
-        raise CheckpointError(f"{what} is not a numpy PCG64 state ({exc}): got {value!r:.80}") from None
+        shown = repr(value)[:80]
+        raise CheckpointError(f"{what} is not a numpy PCG64 state ({exc}): got {shown}") from None
 
 
 def _check_finite(tensors: dict[str, np.ndarray], shown: pathlib.Path) -> None:
-    """Refuse NaN and infinity: a diverged or damaged checkpoint would sample garbage with exit 0."""
+    """Refuse NaN and infinity: a diverged or damaged checkpoint would sample garbage, exit 0."""
     for name, array in tensors.items():
         finite = np.isfinite(array)
         if not finite.all():

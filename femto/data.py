@@ -569,7 +569,7 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 
 # A cache file is the raw ids followed by this trailer, so one rename publishes both and a cut or
-# damaged file is told from a good one: magic, format version, bytes per id, id count, sha256 of ids.
+# damaged file is told from a good one: magic, format version, bytes per id, id count, ids' sha256.
 CACHE_MAGIC = b"FEMTOTOK"
 CACHE_VERSION = 2
 _TRAILER = struct.Struct("<8sII Q 32s")

@@ -1,7 +1,7 @@
 """How much host memory a model would need, against how much the machine has free: stdlib only.
 
-A model or batch that cannot fit is refused before anything is allocated, with the estimate and the
-free memory in one line, instead of a MemoryError (or the OOM killer) minutes later. The estimate is a
+A model or batch that cannot fit is refused before anything is allocated, with the estimate and
+the free memory in one line, instead of a MemoryError (or the OOM killer) minutes later. It is a
 lower bound (float32 parameters, gradients, AdamW moments and the activations the graph keeps for
 backward), so a run it lets through may still be tight, but a run it refuses can never fit.
 """
@@ -34,13 +34,6 @@ def training_bytes(model, batch_size: int) -> int:
     B, T, C = batch_size, model.block_size, model.n_embd
     per_token = model.n_layer * (16 * C + model.n_head * T) + 2 * model.vocab_size + 4 * C
     return 4 * weights_bytes(model) + B * T * per_token * _F32
-
-
-def inference_bytes(model, batch_size: int) -> int:
-    """Weights plus one batch's logits and the widest layer's activations (no graph is kept)."""
-    B, T, C = batch_size, model.block_size, model.n_embd
-    per_token = model.vocab_size + 8 * C + model.n_head * T
-    return weights_bytes(model) + B * T * per_token * _F32
 
 
 def available_bytes() -> int | None:

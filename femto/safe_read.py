@@ -1,8 +1,9 @@
 """Bounded reads of files femto did not necessarily write: stdlib and numpy, like errors and fileio.
 
-A run directory or tokenizer folder may hold anything a user (or an attacker) put there: a symlink to
-/dev/zero, a FIFO, a file of many gigabytes, JSON nested a million deep. Every read here opens only
-regular files inside a given root, never blocks on a FIFO, and refuses sizes and depths past a limit.
+A run directory or tokenizer folder may hold anything a user (or an attacker) put there: a link
+to /dev/zero, a FIFO, a file of many gigabytes, JSON nested a million deep. Every read here opens
+only regular files inside a given root, never blocks on a FIFO, and refuses sizes and depths past
+a limit.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from femto.errors import FemtoError
 
 # a config.json or tokenizer description is a few kilobytes; a vocab.json a few megabytes
 MAX_JSON_BYTES = 64 << 20
-# femto's own JSON is at most 4 deep; 64 leaves room for plugins and stays far below the recursion limit
+# femto's own JSON is at most 4 deep; 64 leaves room for plugins, far below the recursion limit
 MAX_JSON_DEPTH = 64
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 
@@ -26,11 +27,11 @@ _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 def open_regular(
     path: pathlib.Path, error: type[FemtoError], root: pathlib.Path | None = None
 ) -> int:
-    """A read-only descriptor of `path`, which must be a regular file (after symlinks) inside `root`.
+    """A read-only descriptor of `path`, a regular file (after symlinks) inside `root`.
 
-    O_NONBLOCK makes opening a FIFO return at once instead of waiting for a writer; fstat then refuses
-    it, a device or a directory. Raises `error` naming the path; a missing file raises FileNotFoundError
-    so callers keep their own "created by ..." messages.
+    O_NONBLOCK makes opening a FIFO return at once instead of waiting for a writer; fstat then
+    refuses it, a device or a directory. Raises `error` naming the path; a missing file raises
+    FileNotFoundError so callers keep their own "created by ..." messages.
     """
     path = pathlib.Path(path)
     if root is not None:
@@ -75,7 +76,8 @@ def check_links(directory: pathlib.Path, names, error: type[FemtoError]) -> None
             continue
         real = os.path.realpath(path)
         if not os.path.exists(real):
-            raise error(f"{path} is a symlink to {os.readlink(path)}, which does not exist: remove it")
+            target = os.readlink(path)
+            raise error(f"{path} is a symlink to {target}, which does not exist: remove it")
         if os.path.commonpath([real_root, real]) != real_root:
             raise error(
                 f"{path} leads outside {directory} through a symlink (to {real}): femto keeps a "
@@ -114,7 +116,7 @@ def read_bytes(
 
 
 def json_depth(raw: bytes) -> int:
-    """How deeply arrays and objects nest in JSON text (strings, which may hold brackets, skipped)."""
+    """How deeply arrays and objects nest in JSON text (skipping strings, which may hold brackets)."""
     import numpy as np  # only for the running sum: a Python loop over a large header is slow
 
     bare = np.frombuffer(_JSON_STRING.sub(b'""', raw), dtype=np.uint8)
@@ -145,4 +147,5 @@ def loads_json(
     try:
         return json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise error(f"{source} is corrupt: {subject}{'is ' if part else ''}not UTF-8 JSON ({exc})") from None
+        verb = "is " if part else ""
+        raise error(f"{source} is corrupt: {subject}{verb}not UTF-8 JSON ({exc})") from None

@@ -72,7 +72,8 @@ class TrainConfig:
     seed: int = 1337
 
     def __post_init__(self) -> None:
-        for name in ("data", "tokenizer", "device", "sp_model_type"):  # config.json may hold anything
+        # config.json may hold anything: types first, then ranges
+        for name in ("data", "tokenizer", "device", "sp_model_type"):
             value = getattr(self, name)
             if not (isinstance(value, str) or (value is None and name == "sp_model_type")):
                 raise ConfigError(f"{_flag(name)} must be a string, got {value!r}")

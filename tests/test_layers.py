@@ -1,7 +1,8 @@
 """STYLE.md section 2's import table, enforced on the AST of every femto module that exists.
 
 A module may import from femto only what its row allows (errors, fileio, safe_read and
-memory_estimate, the bottom layer, are allowed everywhere). click only in cli; pyopencl and sentencepiece only lazily, inside functions of the
+memory_estimate, the bottom layer, are allowed everywhere).
+click only in cli; pyopencl and sentencepiece only lazily, inside functions of the
 modules that wrap them. A module with no row fails: new modules need a row in the table.
 """
 

@@ -1,7 +1,7 @@
 """A tokenizer folder (`femto tokenize train --out DIR`) replaced as a whole.
 
-A tokenizer is several files (tokenizer.json and its own file); replacing them one by one lets a kill
-between two renames leave a new model beside an old description, a folder that loads neither. So the
+A tokenizer is several files (tokenizer.json and its own file); replacing them one by one lets a
+kill between two renames leave a new model beside an old description, a folder that loads neither. So the
 new tokenizer is written into a sibling folder and swapped with the old one in one rename (Linux's
 renameat2 RENAME_EXCHANGE); the old one is then deleted.
 """
@@ -31,7 +31,9 @@ def _exchange(a: pathlib.Path, b: pathlib.Path) -> bool:
         renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
     except (AttributeError, OSError):
         return False
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    renameat2.argtypes = [
+        ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint
+    ]  # fmt: skip
     if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
         return True
     code = ctypes.get_errno()
@@ -55,8 +57,8 @@ def _foreign_files(directory: pathlib.Path) -> list[str]:
 
 
 def replace_tokenizer_folder(tokenizer: Tokenizer, directory: pathlib.Path) -> dict:
-    """Save `tokenizer` as the folder `directory`, replacing what was there in one step, so a kill at
-    any instant leaves the old tokenizer or the new one loadable. Returns its description."""
+    """Save `tokenizer` as the folder `directory`, replacing what was there in one step, so a kill
+    at any instant leaves the old tokenizer or the new one loadable. Returns its description."""
     directory = pathlib.Path(os.path.realpath(directory))  # a link to a folder: replace its target
     parent = directory.parent
     parent.mkdir(parents=True, exist_ok=True)
@@ -67,8 +69,8 @@ def replace_tokenizer_folder(tokenizer: Tokenizer, directory: pathlib.Path) -> d
         foreign = _foreign_files(directory)
         if foreign:
             raise TokenizerError(
-                f"--out {directory} holds files that are not a tokenizer's ({', '.join(foreign[:5])}): "
-                "replacing the tokenizer would delete them; pick an empty or tokenizer folder"
+                f"--out {directory} holds files that are not a tokenizer's "
+                f"({', '.join(foreign[:5])}): replacing the tokenizer would delete them; pick an empty or tokenizer folder"
             )
     new = pathlib.Path(
         tempfile.mkdtemp(prefix=temporary_prefix(directory), suffix=".new", dir=parent)

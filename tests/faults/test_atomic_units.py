@@ -1,6 +1,6 @@
-"""Atomic units: a tokenizer folder is replaced as a whole, the token cache checks its own length and
-checksum (and is rebuilt when damaged), a truncated .zst is an error, and temporaries of writers that
-died are removed at the next start (and only those).
+"""Atomic units: a tokenizer folder is replaced as a whole, the token cache checks its own length
+and checksum (and is rebuilt when damaged), a truncated .zst is an error, and temporaries of
+writers that died are removed at the next start (and only those).
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ def corpus_path(tmp_path_factory) -> pathlib.Path:
 
 def test_a_tokenizer_folder_is_replaced_as_a_whole(corpus_path, tmp_path):
     out = tmp_path / "tok"
-    assert invoke(["tokenize", "train", "--data", corpus_path, "--out", out], tmp_path).exit_code == 0
+    result = invoke(["tokenize", "train", "--data", corpus_path, "--out", out], tmp_path)
+    assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == ["tokenizer.json", "vocab.json"]
     result = invoke(["tokenize", "train", "--tokenizer", "sentencepiece", "--vocab", "400",
                      "--data", corpus_path, "--out", out], tmp_path)  # fmt: skip
@@ -58,7 +59,8 @@ def test_a_tokenizer_folder_is_replaced_as_a_whole(corpus_path, tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
-def test_without_an_atomic_exchange_the_folder_is_still_replaced(corpus_path, tmp_path, monkeypatch):
+def test_without_an_atomic_exchange_the_folder_is_still_replaced(corpus_path, tmp_path,
+                                                                  monkeypatch):  # fmt: skip
     out = tmp_path / "tok"
     tokenizer = train_tokenizer(resolve_corpus(str(corpus_path)), "char")
     folder.replace_tokenizer_folder(tokenizer, out)
@@ -200,7 +202,8 @@ def test_a_dead_writers_tokenizer_swap_folder_is_removed(corpus_path, tmp_path):
     half.mkdir()
     (half / "vocab.json").write_text("{")
     out = tmp_path / "tok"
-    assert invoke(["tokenize", "train", "--data", corpus_path, "--out", out], tmp_path / "c").exit_code == 0
+    result = invoke(["tokenize", "train", "--data", corpus_path, "--out", out], tmp_path / "c")
+    assert result.exit_code == 0, result.output
     assert not half.exists()
 
 

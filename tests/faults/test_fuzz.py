@@ -1,5 +1,5 @@
-"""Fuzzing with hypothesis: the safetensors decoder, the config loader, the tokenizers (their files and
-their input) and the Reddit reader raise nothing but femto's own clean errors on any input.
+"""Fuzzing with hypothesis: the safetensors decoder, the config loader, the tokenizers (their files
+and their input) and the Reddit reader raise nothing but femto's own clean errors on any input.
 
 Each test keeps to a few seconds (derandomised, bounded example counts).
 """
@@ -29,7 +29,8 @@ FUZZ = settings(max_examples=150, suppress_health_check=[HealthCheck.function_sc
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.text(max_size=6), inner, max_size=4),
     max_leaves=12,
 )
 

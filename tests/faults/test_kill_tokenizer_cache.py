@@ -1,9 +1,9 @@
-"""kill -9 at random instants of tokenizer training (into a folder that holds another tokenizer) and
-of token-cache building: afterwards the folder loads as the old tokenizer or the new one, the cache is
-whole or absent, and the next start removes what the killed writer left.
+"""kill -9 at random instants of tokenizer training (into a folder that holds another tokenizer)
+and of token-cache building: afterwards the folder loads as the old tokenizer or the new one, the
+cache is whole or absent, and the next start removes what the killed writer left.
 
-The instants are drawn from a seeded generator over the length of an uninterrupted run, so every run of
-the suite kills at the same fractions of the work.
+The instants are drawn from a seeded generator over the length of an uninterrupted run, so every
+run of the suite kills at the same fractions of the work.
 """
 
 from __future__ import annotations
@@ -157,6 +157,7 @@ def test_kill_during_cache_building_leaves_a_whole_cache_or_none(big_corpus, tmp
     tokenizer = train_tokenizer(parsed, "char")
     expected = np.asarray(tokenizer.encode(big_corpus.read_text()), dtype=np.uint16)
     cache = tmp_path / "tokens"
+    cache.mkdir()
     env = subprocess_env(tmp_path / "cache")
     args = [sys.executable, "-c", CACHE_BUILD, str(big_corpus)]
     whole = build_cache([*args, str(tmp_path / "probe")], env, None)
@@ -164,8 +165,8 @@ def test_kill_during_cache_building_leaves_a_whole_cache_or_none(big_corpus, tmp
     landed = partial = 0
     for instant in rng.uniform(0.0, 1.0, KILLS) * whole:
         landed += build_cache([*args, str(cache)], env, instant)
-        partial += bool(cache.exists() and hidden_entries(cache))
-        finished = [p for p in cache.glob("*") if not p.name.startswith(".")] if cache.exists() else []
+        partial += bool(hidden_entries(cache))
+        finished = [p for p in cache.glob("*") if not p.name.startswith(".")]
         for path in finished:  # a published cache is always whole
             assert np.array_equal(open_token_cache(path, token_dtype(tokenizer.vocab_size),
                                                    tokenizer.vocab_size), expected)  # fmt: skip
