@@ -224,6 +224,11 @@ def check_run_files(run_dir: pathlib.Path) -> None:
     """Refuse a run directory whose files are links leading out of it or nowhere (femto would write
     through them: a dangling metrics.jsonl link would create a file elsewhere)."""
     check_links(run_dir, RUN_FILES, CheckpointError)
+    if (run_dir / METRICS_FILE).is_symlink():
+        raise CheckpointError(
+            f"{run_dir / METRICS_FILE} is a symlink: femto appends to it and never through a link; "
+            "replace the link with the file"
+        )
 
 
 def has_checkpoint(run_dir: pathlib.Path) -> bool:

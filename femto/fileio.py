@@ -41,6 +41,15 @@ def _writer_alive(pid: int) -> bool:
     return True
 
 
+def stale_temporary_of(name: str) -> str | None:
+    """The target name (`metrics.jsonl`) of a temporary whose writer, on this host, is dead; None for
+    any other name."""
+    match = _WRITER.match(name)
+    if match is None or match.group(2) != _host_tag() or _writer_alive(int(match.group(1))):
+        return None
+    return name[1:].split(f".p{match.group(1)}-", 1)[0]
+
+
 def remove_stale_temporaries(directory: pathlib.Path) -> list[pathlib.Path]:
     """Delete the temporaries (files or folders) in `directory` whose writer, a process on this
     host, is dead; a kill -9 mid-write leaves them. Returns what was removed."""
@@ -50,10 +59,8 @@ def remove_stale_temporaries(directory: pathlib.Path) -> list[pathlib.Path]:
         entries = list(os.scandir(directory))
     except OSError:
         return removed
-    host = _host_tag()
     for entry in entries:
-        match = _WRITER.match(entry.name)
-        if match is None or match.group(2) != host or _writer_alive(int(match.group(1))):
+        if stale_temporary_of(entry.name) is None:
             continue
         try:
             if entry.is_dir(follow_symlinks=False):

@@ -16,7 +16,12 @@ import shutil
 import tempfile
 
 from femto.errors import TokenizerError
-from femto.fileio import fsync_directory, remove_stale_temporaries, temporary_prefix
+from femto.fileio import (
+    fsync_directory,
+    remove_stale_temporaries,
+    stale_temporary_of,
+    temporary_prefix,
+)
 from femto.tokenizers.base import DESCRIPTION_FILE, Tokenizer, save_tokenizer
 
 # the built-in tokenizers' own files; a plugin's is named by its tokenizer.json
@@ -56,12 +61,24 @@ def _foreign_files(directory: pathlib.Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir() if p.name not in allowed)
 
 
+def _restore_moved_aside(directory: pathlib.Path) -> None:
+    """Without an atomic exchange the old folder is moved aside for an instant; a writer killed then
+    leaves no folder at all, so its moved-aside copy is put back before stale halves are removed."""
+    if directory.exists():
+        return
+    for entry in sorted(directory.parent.glob(f".{directory.name}.p*.old")):
+        if entry.is_dir() and stale_temporary_of(entry.name) == directory.name:
+            os.rename(entry, directory)
+            return
+
+
 def replace_tokenizer_folder(tokenizer: Tokenizer, directory: pathlib.Path) -> dict:
     """Save `tokenizer` as the folder `directory`, replacing what was there in one step, so a kill
     at any instant leaves the old tokenizer or the new one loadable. Returns its description."""
     directory = pathlib.Path(os.path.realpath(directory))  # a link to a folder: replace its target
     parent = directory.parent
     parent.mkdir(parents=True, exist_ok=True)
+    _restore_moved_aside(directory)
     remove_stale_temporaries(parent)  # halves of swaps whose writer was killed
     if directory.exists():
         if not directory.is_dir():

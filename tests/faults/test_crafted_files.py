@@ -196,6 +196,12 @@ def test_a_metrics_link_out_of_the_run_is_refused(run, root, tmp_path):
     assert outside.read_text() == "keep me\n"
 
 
+def test_a_metrics_link_inside_the_run_is_refused_too(run, root):
+    os.rename(run / "metrics.jsonl", run / "log.jsonl")
+    os.symlink("log.jsonl", run / "metrics.jsonl")
+    assert_one_line_error(resume(run, root), "metrics.jsonl is a symlink")
+
+
 def test_a_tokenizer_file_linked_out_of_its_folder(run, root, tmp_path):
     (run / "vocab.json").unlink()
     os.symlink("/dev/zero", run / "vocab.json")

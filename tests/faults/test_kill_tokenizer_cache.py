@@ -176,3 +176,33 @@ def test_kill_during_cache_building_leaves_a_whole_cache_or_none(big_corpus, tmp
     tokens = encode_corpus(parsed, tokenizer, cache)  # the next start: stale partial files go
     assert np.array_equal(tokens, expected)
     assert hidden_entries(cache) == []
+
+
+MOVED_ASIDE_KILL = """
+import os, sys
+from femto.tokenizers import folder
+from femto.tokenizers.char import CharTokenizer
+folder._exchange = lambda a, b: False
+rename = os.rename
+def dying(a, b):
+    rename(a, b)
+    if str(a).endswith("tok"):  # the old folder is moved aside, the new one not yet in place
+        os._exit(9)
+os.rename = dying
+folder.replace_tokenizer_folder(CharTokenizer(list("\\nxyz")), sys.argv[1])
+"""
+
+
+def test_kill_while_the_old_folder_is_moved_aside(tmp_path):
+    """Where the filesystem cannot exchange two folders in one rename."""
+    out = tmp_path / "tok"
+    save_tokenizer(load_tokenizer_like("\nabcd"), out)
+    code = subprocess.run([sys.executable, "-c", MOVED_ASIDE_KILL, str(out)],
+                          env=subprocess_env(tmp_path / "cache"), cwd=REPO).returncode  # fmt: skip
+    assert code == 9 and not out.exists()
+    from femto.tokenizers.folder import _restore_moved_aside, replace_tokenizer_folder
+
+    _restore_moved_aside(out)  # what the next `tokenize train` does first: the old one is back
+    assert load_tokenizer(out).vocab_size == 5
+    replace_tokenizer_folder(load_tokenizer_like("\nq"), out)
+    assert load_tokenizer(out).vocab_size == 2 and hidden_entries(tmp_path) == []
