@@ -459,7 +459,7 @@ def read_metrics(run_dir: pathlib.Path) -> list[dict]:
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # a torn or crafted line
             continue
         if isinstance(record, dict):
             records.append(record)

@@ -375,7 +375,8 @@ def _read_reddit(path: pathlib.Path, skipped: dict) -> Iterator[tuple[str, int]]
             body = obj["body"]
             if not isinstance(body, str):
                 raise TypeError(f'"body" is {type(body).__name__}, not a string')
-        except (ValueError, KeyError, TypeError) as exc:  # UnicodeDecodeError is a ValueError
+        # UnicodeDecodeError is a ValueError; JSON nested too deep for the parser a RecursionError
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
             malformed += 1
             if first_bad is None:
                 reason = f"no {exc} field" if isinstance(exc, KeyError) else str(exc)

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from femto.checkpoint import decode_safetensors, encode_safetensors, load_safetensors
+from femto.data import resolve_corpus
 from femto.errors import CheckpointError, TokenizerError
 from femto.safe_read import json_depth, read_bytes
 from femto.tokenizers.base import read_json_file
@@ -54,6 +55,16 @@ def test_a_safetensors_header_nested_100000_deep(run, root):
     header = b"[" * 100_000 + b"]" * 100_000
     (run / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
     assert_one_line_error(sample(run, root), "model.safetensors is corrupt", "100,000 levels deep")
+
+
+def test_deep_json_in_metrics_and_reddit_lines_is_skipped(run, root, tmp_path):
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write("[" * 100_000 + "]" * 100_000 + "\n")
+    assert resume(run, root).exit_code == 0
+    dump = tmp_path / "comments.jsonl"
+    dump.write_text('{"body": "fine"}\n' + "[" * 100_000 + "\n")
+    corpus = resolve_corpus(str(dump))
+    assert "".join(corpus.texts()) == "fine\n\n" and corpus.skipped["malformed"] == 1
 
 
 def test_deep_json_inside_strings_does_not_count():
