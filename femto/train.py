@@ -227,7 +227,7 @@ def prepare_run(
         # fail on bad sizes before any slow work; the vocabulary is not known yet, so its least
         # plausible size (--vocab, else one symbol) stands in until the tokenizer is trained
         sizes = GPTConfig(**{"vocab_size": config.vocab or 1, **model_options})
-        _check_training_fits(sizes, config)
+        _check_training_fits(sizes, config, vocab_known=config.vocab is not None)
         corpus = resolve_corpus(config.data, data_home)
         options = {"model_type": config.sp_model_type} if config.sp_model_type else {}
         tokenizer = train_tokenizer(corpus, config.tokenizer, config.vocab, **options)
@@ -246,9 +246,10 @@ def prepare_run(
     )
 
 
-def _check_training_fits(model: GPTConfig, config: TrainConfig) -> None:
+def _check_training_fits(model: GPTConfig, config: TrainConfig, vocab_known: bool = True) -> None:
+    vocab = f"vocab {model.vocab_size:,}" if vocab_known else "before its vocabulary"
     what = (
-        f"training {model.n_layer} layers x {model.n_embd} wide (vocab {model.vocab_size:,}, "
+        f"training {model.n_layer} layers x {model.n_embd} wide ({vocab}, "
         f"block {model.block_size:,}) at batch {config.batch_size:,}"
     )
     check_fits(training_bytes(model, config.batch_size), what, ConfigError)
