@@ -17,8 +17,10 @@ import numpy as np
 
 from femto.errors import CheckpointError, ConfigError, WriteFailed
 from femto.fileio import append_line, fsync_directory, write_atomic, write_failed, write_synced
+from femto.memory_estimate import check_fits, weights_bytes
 from femto.model import GPTConfig
 from femto.runlock import checkpoint_lock
+from femto.safe_read import MAX_JSON_BYTES, check_links, loads_json, read_bytes
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
@@ -27,7 +29,12 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 JOURNAL_FILE = ".checkpoint-commit.json"
 CHECKPOINT_FILES = (MODEL_FILE, OPTIMIZER_FILE, CONFIG_FILE)
+# every name femto writes in a run directory (tokenizer files included)
+RUN_FILES = (*CHECKPOINT_FILES, METRICS_FILE, JOURNAL_FILE, "tokenizer.json", "vocab.json",
+             "tokenizer.model")  # fmt: skip
 MAX_HEADER_BYTES = 100_000_000  # the safetensors reference implementation's limit
+# a header describes each tensor in one flat object: {"name": {"shape": [...], ...}}
+MAX_HEADER_DEPTH = 4
 _F32 = np.dtype("<f4")
 
 
@@ -89,12 +96,9 @@ def decode_safetensors(buf: bytes, source: str) -> tuple[dict[str, np.ndarray], 
             f"{source} is truncated: header promises {n:,} header bytes, file has {size - 8:,} after "
             "the length (interrupted save?)"
         )
-    try:
-        header = json.loads(buf[8 : 8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(
-            f"{source} is corrupt: its header is not UTF-8 JSON ({exc})"
-        ) from None
+    header = loads_json(
+        bytes(buf[8 : 8 + n]), source, CheckpointError, MAX_HEADER_DEPTH, "its header"
+    )
     if not isinstance(header, dict):
         raise CheckpointError(f"{source} is corrupt: its header is not a JSON object")
     metadata = header.pop("__metadata__", None) or {}
@@ -163,13 +167,11 @@ def decode_safetensors(buf: bytes, source: str) -> tuple[dict[str, np.ndarray], 
 def load_safetensors(path: pathlib.Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     path = pathlib.Path(path)
     try:
-        buf = path.read_bytes()
+        buf = read_bytes(path, CheckpointError)
     except FileNotFoundError:
         raise CheckpointError(
             f"{path} is missing: a run directory is created by `femto train --out {path.parent}`"
         ) from None
-    except OSError as exc:
-        raise CheckpointError(f"{path} cannot be read: {exc.strerror}") from None
     return decode_safetensors(buf, str(path))
 
 
@@ -219,6 +221,17 @@ def _committed_path(run_dir: pathlib.Path, name: str) -> pathlib.Path:
     if _journal_path(run_dir).exists() and pending.exists():
         return pending
     return run_dir / name
+
+
+def check_run_files(run_dir: pathlib.Path) -> None:
+    """Refuse a run directory whose files are links leading out of it or nowhere (femto would write
+    through them: a dangling metrics.jsonl link would create a file elsewhere)."""
+    check_links(run_dir, RUN_FILES, CheckpointError)
+    if (run_dir / METRICS_FILE).is_symlink():
+        raise CheckpointError(
+            f"{run_dir / METRICS_FILE} is a symlink: femto appends to it and never through a link; "
+            "replace the link with the file"
+        )
 
 
 def has_checkpoint(run_dir: pathlib.Path) -> bool:
@@ -311,9 +324,10 @@ def load_state(run_dir: pathlib.Path) -> RunState:
             f"no run in {run_dir}: {shown} is missing (a run is created by `femto train --out {run_dir}`)"
         )
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{shown} is corrupt: not UTF-8 JSON ({exc})") from None
+        data = read_bytes(path, CheckpointError, run_dir, MAX_JSON_BYTES)
+    except FileNotFoundError:
+        raise CheckpointError(f"no run in {run_dir}: {shown} is missing") from None
+    raw = loads_json(data, str(shown), CheckpointError)
     if not isinstance(raw, dict) or raw.get("format") != "femto-run":
         raise CheckpointError(f'{shown} is not a femto run config (no "format": "femto-run")')
     version = raw.get("format_version")
@@ -326,6 +340,8 @@ def load_state(run_dir: pathlib.Path) -> RunState:
         model = GPTConfig.from_dict(raw.get("model"))
     except ConfigError as exc:
         raise CheckpointError(f'{shown}: invalid "model": {exc}') from None
+    # a crafted n_layer or n_embd must not make a reader allocate without bound
+    check_fits(weights_bytes(model), f"the model in {shown} (its weights alone)", CheckpointError)
     checks = {
         "train": dict,
         "step": int,
@@ -341,8 +357,15 @@ def load_state(run_dir: pathlib.Path) -> RunState:
     if raw["step"] < 0 or raw["tokens_seen"] < 0:
         raise CheckpointError(f"{shown}: step and tokens_seen must be non-negative")
     best = raw.get("best_val_loss")
-    if best is not None and not isinstance(best, (int, float)):
+    if best is not None and (isinstance(best, bool) or not isinstance(best, (int, float))):
         raise CheckpointError(f'{shown}: "best_val_loss" must be a number or null, got {best!r}')
+    for name, value in raw["rng"].items():
+        _check_rng_state(value, f'{shown}: "rng" entry {name!r}')
+    for key in ("data", "tokenizer", "device"):  # read by sample, eval and tokenize stats too
+        if key in raw["train"] and not isinstance(raw["train"][key], str):
+            raise CheckpointError(
+                f'{shown}: "train" option "{key}" must be a string, got {raw["train"][key]!r}'
+            )
     return RunState(
         model=model,
         train=raw["train"],
@@ -354,6 +377,27 @@ def load_state(run_dir: pathlib.Path) -> RunState:
         # runs saved before timing was recorded (or a damaged entry): the ETA starts afresh
         timing=raw["timing"] if isinstance(raw.get("timing"), dict) else {},
     )
+
+
+def _check_rng_state(value: object, what: str) -> None:
+    """A numpy bit generator state that PCG64 (every femto RNG) accepts, or a CheckpointError."""
+    try:
+        np.random.PCG64().state = value
+    except (TypeError, ValueError, KeyError, OverflowError) as exc:
+        shown = repr(value)[:80]
+        raise CheckpointError(f"{what} is not a numpy PCG64 state ({exc}): got {shown}") from None
+
+
+def _check_finite(tensors: dict[str, np.ndarray], shown: pathlib.Path) -> None:
+    """Refuse NaN and infinity: a diverged or damaged checkpoint would sample garbage, exit 0."""
+    for name, array in tensors.items():
+        finite = np.isfinite(array)
+        if not finite.all():
+            bad = int(finite.size - np.count_nonzero(finite))
+            raise CheckpointError(
+                f"{shown}: tensor {name} holds {bad:,} non-finite value(s) (NaN or infinity) of "
+                f"{array.size:,}: the checkpoint is diverged or damaged; resume from a good copy"
+            )
 
 
 def _check_step(metadata: dict[str, str], state: RunState, shown: pathlib.Path) -> None:
@@ -369,7 +413,9 @@ def load_weights(run_dir: pathlib.Path, state: RunState) -> dict[str, np.ndarray
     """model.safetensors as arrays, checked against the model config (every name and shape)."""
     run_dir = pathlib.Path(run_dir)
     shown = run_dir / MODEL_FILE
-    tensors, metadata = decode_safetensors(_read(run_dir, MODEL_FILE), str(shown))
+    # the weights (twice: nanoGPT's files may carry the tied lm_head too) and a header at most
+    limit = 2 * weights_bytes(state.model) + 8 + MAX_HEADER_BYTES
+    tensors, metadata = decode_safetensors(_read(run_dir, MODEL_FILE, limit), str(shown))
     _check_step(metadata, state, shown)
     expected = state.model.param_shapes()
     if "lm_head.weight" in tensors:
@@ -395,6 +441,7 @@ def load_weights(run_dir: pathlib.Path, state: RunState) -> dict[str, np.ndarray
         raise CheckpointError(
             f"{shown} holds tensors the model config does not have: {', '.join(unknown[:4])}"
         )
+    _check_finite(tensors, shown)
     return tensors
 
 
@@ -402,22 +449,22 @@ def load_optimizer_state(run_dir: pathlib.Path, state: RunState) -> dict[str, np
     """optimizer.safetensors as arrays (names checked by the optimizer that loads them)."""
     run_dir = pathlib.Path(run_dir)
     shown = run_dir / OPTIMIZER_FILE
-    tensors, metadata = decode_safetensors(_read(run_dir, OPTIMIZER_FILE), str(shown))
+    limit = 2 * weights_bytes(state.model) + 8 + MAX_HEADER_BYTES  # two moments per weight
+    tensors, metadata = decode_safetensors(_read(run_dir, OPTIMIZER_FILE, limit), str(shown))
     _check_step(metadata, state, shown)
+    _check_finite(tensors, shown)
     return tensors
 
 
-def _read(run_dir: pathlib.Path, name: str) -> bytes:
+def _read(run_dir: pathlib.Path, name: str, limit: int) -> bytes:
     path = _committed_path(run_dir, name)
     try:
-        return path.read_bytes()
+        return read_bytes(path, CheckpointError, run_dir, limit)
     except FileNotFoundError:
         raise CheckpointError(
             f"{run_dir / name} is missing: the run in {run_dir} is incomplete "
             f"(`femto train --out {run_dir}` writes it)"
         ) from None
-    except OSError as exc:
-        raise CheckpointError(f"{run_dir / name} cannot be read: {exc.strerror}") from None
 
 
 # ---- metrics.jsonl ----
@@ -440,7 +487,7 @@ def read_metrics(run_dir: pathlib.Path) -> list[dict]:
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # a torn or crafted line
             continue
         if isinstance(record, dict):
             records.append(record)

@@ -496,12 +496,14 @@ def encode(out: str, file_: str | None, text: str | None) -> None:
     if (text is None) == (file_ is None):
         raise TokenizerError("give exactly one of TEXT or --file FILE to encode")
     if file_ is not None:
-        try:
-            text = pathlib.Path(file_).read_text(encoding="utf-8")
+        try:  # bytes, decoded exactly: text mode would turn \r\n into \n
+            text = pathlib.Path(file_).read_bytes().decode("utf-8")
         except FileNotFoundError:
             raise TokenizerError(f"--file {file_} does not exist") from None
         except UnicodeDecodeError as exc:
             raise TokenizerError(f"--file {file_} is not UTF-8 (byte {exc.start:,})") from None
+        except OSError as exc:
+            raise TokenizerError(f"--file {file_} cannot be read: {exc.strerror}") from None
     ids = _gpt_run_tokenizer(out).encode(text)
     click.echo(" ".join(map(str, ids)))
 
@@ -604,7 +606,7 @@ def tokenize_train(
 
     from femto.data import resolve_corpus, train_tokenizer
     from femto.errors import ConfigError
-    from femto.tokenizers.base import save_tokenizer
+    from femto.tokenizers.folder import replace_tokenizer_folder
 
     out_dir = pathlib.Path(out)
     if (out_dir / "config.json").is_file():
@@ -622,7 +624,7 @@ def tokenize_train(
     with reading as progress:
         tokenizer = train_tokenizer(corpus, kind, vocab, progress, **options)
     seconds = time.perf_counter() - start
-    save_tokenizer(tokenizer, out_dir)
+    replace_tokenizer_folder(tokenizer, out_dir)  # as a whole: a kill leaves the old or the new
     skipped = corpus.skipped  # malformed lines were also logged as a warning while reading
     if skipped["malformed"] or skipped["deleted"]:
         click.echo(

@@ -17,6 +17,7 @@ import logging
 import os
 import pathlib
 import re
+import struct
 import tempfile
 import urllib.error
 import urllib.request
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from femto.errors import ConfigError, DatasetError, TokenizerError
-from femto.fileio import fsync_directory
+from femto.fileio import fsync_directory, remove_stale_temporaries, temporary_prefix
 from femto.tokenizers.base import EOT_MARKER, Tokenizer, get_tokenizer_class
 
 logger = logging.getLogger(__name__)
@@ -298,21 +299,55 @@ def _read_tinystories(path: pathlib.Path, skipped: dict) -> Iterator[tuple[str, 
         yield tail, path.stat().st_size
 
 
+def _zstd_blocks(raw: io.BufferedReader, path: pathlib.Path) -> Iterator[bytes]:
+    """Decompressed blocks of every zstandard frame in `raw`; a file that ends inside a frame (a cut
+    download) is a DatasetError, not a silently shorter corpus."""
+    import zstandard
+
+    dctx = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW)
+    frame, inside = dctx.decompressobj(), False
+    while block := raw.read(CHUNK_BYTES):
+        while block:
+            out = frame.decompress(block)
+            inside = True
+            if out:
+                yield out
+            if frame.eof:  # the next frame, if any, starts in what this one left over
+                block = frame.unused_data
+                frame, inside = dctx.decompressobj(), False
+            else:
+                block = b""
+    if inside:
+        raise DatasetError(
+            f"{path} is truncated: its last zstandard frame ends early (an interrupted download?); "
+            "download it again"
+        )
+
+
 def _binary_lines(path: pathlib.Path) -> Iterator[tuple[bytes, int]]:
     """Lines of a plain or zstandard-compressed file, with the compressed bytes read so far."""
     import zstandard  # only Reddit dumps need it
 
     with open(path, "rb") as raw:
-        if path.name.lower().endswith(".zst"):
-            reader = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW).stream_reader(raw)
-            stream = io.BufferedReader(reader, buffer_size=CHUNK_BYTES)
-        else:
-            stream = io.BufferedReader(raw, buffer_size=CHUNK_BYTES)
-        try:
-            for line in stream:
+        if not path.name.lower().endswith(".zst"):
+            for line in io.BufferedReader(raw, buffer_size=CHUNK_BYTES):
                 yield line, raw.tell()
-        except zstandard.ZstdError as exc:  # a truncated or corrupt frame
+            return
+        pending: list[bytes] = []  # the unfinished line, in pieces (a long line is not re-copied)
+        try:
+            for block in _zstd_blocks(raw, path):
+                if b"\n" not in block:
+                    pending.append(block)
+                    continue
+                lines = block.split(b"\n")
+                lines[0] = b"".join([*pending, lines[0]])
+                pending = [lines.pop()]
+                for line in lines:
+                    yield line + b"\n", raw.tell()
+        except zstandard.ZstdError as exc:  # a corrupt frame
             raise DatasetError(f"{path} cannot be decompressed as zstandard: {exc}") from None
+        if any(pending):
+            yield b"".join(pending), raw.tell()
 
 
 def _reddit_paragraph(body: str) -> str:
@@ -340,7 +375,8 @@ def _read_reddit(path: pathlib.Path, skipped: dict) -> Iterator[tuple[str, int]]
             body = obj["body"]
             if not isinstance(body, str):
                 raise TypeError(f'"body" is {type(body).__name__}, not a string')
-        except (ValueError, KeyError, TypeError) as exc:  # UnicodeDecodeError is a ValueError
+        # UnicodeDecodeError is a ValueError; JSON nested too deep for the parser a RecursionError
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
             malformed += 1
             if first_bad is None:
                 reason = f"no {exc} field" if isinstance(exc, KeyError) else str(exc)
@@ -548,6 +584,47 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
 
 
+# A cache file is the raw ids followed by this trailer, so one rename publishes both and a cut or
+# damaged file is told from a good one: magic, format version, bytes per id, id count, ids' sha256.
+CACHE_MAGIC = b"FEMTOTOK"
+CACHE_VERSION = 2
+_TRAILER = struct.Struct("<8sII Q 32s")
+
+
+def _cache_trailer(dtype: np.dtype, count: int, digest: bytes) -> bytes:
+    return _TRAILER.pack(CACHE_MAGIC, CACHE_VERSION, dtype.itemsize, count, digest)
+
+
+def open_token_cache(path: pathlib.Path, dtype: np.dtype, vocab_size: int) -> np.ndarray:
+    """The ids of a cache file as a read-only memmap (N,), after checking its trailer (length and
+    sha256) and that every id is below `vocab_size`; a DatasetError says what is wrong."""
+    size = path.stat().st_size
+    if size < _TRAILER.size:
+        raise DatasetError(f"token cache {path} is truncated: {size} bytes, no trailer")
+    with open(path, "rb") as f:
+        f.seek(size - _TRAILER.size)
+        magic, version, itemsize, count, digest = _TRAILER.unpack(f.read(_TRAILER.size))
+    if magic != CACHE_MAGIC or version != CACHE_VERSION or itemsize != dtype.itemsize:
+        raise DatasetError(f"token cache {path} has no valid trailer (truncated, or an old format)")
+    if count * itemsize + _TRAILER.size != size or count == 0:
+        raise DatasetError(
+            f"token cache {path} is truncated: its trailer records {count:,} ids "
+            f"({count * itemsize + _TRAILER.size:,} bytes), the file has {size:,}"
+        )
+    tokens = np.memmap(path, dtype=dtype, mode="r", shape=(count,))
+    check = hashlib.sha256()
+    for begin in range(0, count, CHUNK_BYTES):
+        check.update(tokens[begin : begin + CHUNK_BYTES])
+    if check.digest() != digest:
+        raise DatasetError(f"token cache {path} is damaged: its sha256 differs from its trailer's")
+    top = int(tokens.max())
+    if top >= vocab_size:
+        raise DatasetError(
+            f"token cache {path} holds id {top}, outside the tokenizer's vocabulary of {vocab_size}"
+        )
+    return tokens
+
+
 def encode_corpus(
     corpus: Corpus,
     tokenizer: Tokenizer,
@@ -557,7 +634,8 @@ def encode_corpus(
     """The corpus's token ids as a read-only memmap (N,), encoded once and cached by content.
 
     The cache file is named after the corpus, the tokenizer and a hash of both contents, so a changed
-    corpus or retrained tokenizer never reuses stale ids. Encoding streams chunk by chunk.
+    corpus or retrained tokenizer never reuses stale ids. Encoding streams chunk by chunk. A cache
+    file that fails its checks (cut short, damaged, ids out of range) is rebuilt.
     """
     dtype = token_dtype(tokenizer.vocab_size)
     key = hashlib.sha256(
@@ -568,14 +646,21 @@ def encode_corpus(
     path = (
         cache_dir / f"{safe_name}.{tokenizer.name}.{key}.{'u16' if dtype.itemsize == 2 else 'u32'}"
     )
-    if path.is_file() and path.stat().st_size and path.stat().st_size % dtype.itemsize == 0:
-        logger.info("token cache hit: %s", path)
-        return np.memmap(path, dtype=dtype, mode="r")
+    remove_stale_temporaries(cache_dir)  # partial caches of encoders that were killed
+    if path.is_file():
+        try:
+            tokens = open_token_cache(path, dtype, tokenizer.vocab_size)
+        except DatasetError as exc:
+            logger.warning("%s; rebuilding it", exc)
+        else:
+            logger.info("token cache hit: %s", path)
+            return tokens
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     total = corpus.size_bytes
     count = 0
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=cache_dir)
+    digest = hashlib.sha256()
+    fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=".tmp", dir=cache_dir)
     try:
         with os.fdopen(fd, "wb") as f:
             for text, done in corpus.chunks():
@@ -588,14 +673,17 @@ def encode_corpus(
                             f"tokenizer {tokenizer.name!r} produced id {int(ids.max())} outside its "
                             f"vocabulary of {tokenizer.vocab_size}"
                         )
-                    f.write(ids.astype(dtype).tobytes())
+                    raw = ids.astype(dtype).tobytes()
+                    f.write(raw)
+                    digest.update(raw)
                     count += ids.size
                 if progress is not None:
                     progress(done, total)
+            if count == 0:
+                raise DatasetError(f"corpus {corpus.name!r} encodes to no tokens")
+            f.write(_cache_trailer(dtype, count, digest.digest()))
             f.flush()
             os.fsync(f.fileno())
-        if count == 0:
-            raise DatasetError(f"corpus {corpus.name!r} encodes to no tokens")
         os.replace(tmp, path)
     except BaseException:
         pathlib.Path(tmp).unlink(missing_ok=True)
@@ -603,7 +691,7 @@ def encode_corpus(
     fsync_directory(cache_dir)
     if corpus.skipped["malformed"] or corpus.skipped["deleted"]:
         logger.info("corpus %s: %s", corpus.name, corpus.skipped)
-    return np.memmap(path, dtype=dtype, mode="r")
+    return np.memmap(path, dtype=dtype, mode="r", shape=(count,))
 
 
 # ---- batches ----------------------------------------------------------------------------------

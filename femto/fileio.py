@@ -9,8 +9,12 @@ WriteFailed naming the file and the cause. Bytes go through os.write; short writ
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import pathlib
+import re
+import shutil
+import socket
 import tempfile
 from collections.abc import Iterable
 
@@ -45,6 +49,66 @@ def write_all(fd: int, pieces: Iterable[bytes | bytearray | memoryview]) -> None
         while view.nbytes:
             written = os.write(fd, view[:WRITE_CHUNK])
             view = view[written:]
+
+
+# the writer's pid and a hash of its host name: a temporary is removed only once its writer is dead
+_WRITER = re.compile(r"^\..+\.p(\d+)-([0-9a-f]{8})\.[A-Za-z0-9_]+\.(?:tmp|new|old)$")
+
+
+def _host_tag() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def temporary_prefix(path: pathlib.Path) -> str:
+    """mkstemp/mkdtemp prefix for a temporary standing in for `path`: `.NAME.pPID-HOST.`, so that
+    `remove_stale_temporaries` can tell whether its writer still runs."""
+    return f".{pathlib.Path(path).name}.p{os.getpid()}-{_host_tag()}."
+
+
+def _writer_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # another user's process: alive
+        return True
+    return True
+
+
+def stale_temporary_of(name: str) -> str | None:
+    """The target name (`metrics.jsonl`) of a temporary whose writer, on this host, is dead; None for
+    any other name."""
+    match = _WRITER.match(name)
+    if match is None or match.group(2) != _host_tag() or _writer_alive(int(match.group(1))):
+        return None
+    return name[1:].split(f".p{match.group(1)}-", 1)[0]
+
+
+def remove_stale_temporaries(directory: pathlib.Path) -> list[pathlib.Path]:
+    """Delete the temporaries (files or folders) in `directory` whose writer, a process on this
+    host, is dead; a kill -9 mid-write leaves them. Returns what was removed."""
+    directory = pathlib.Path(directory)
+    removed = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for entry in entries:
+        if stale_temporary_of(entry.name) is None:
+            continue
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+        except FileNotFoundError:  # another process cleaned it first
+            continue
+        except OSError:  # read-only or not ours: leave it, it harms nothing
+            continue
+        removed.append(pathlib.Path(entry.path))
+    return removed
 
 
 def fsync_directory(directory: pathlib.Path) -> None:
@@ -86,7 +150,7 @@ def write_atomic(path: pathlib.Path, data: bytes | Iterable[bytes | memoryview])
     path = pathlib.Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise write_failed(path, exc) from None
     os.close(fd)
@@ -109,8 +173,10 @@ def write_atomic(path: pathlib.Path, data: bytes | Iterable[bytes | memoryview])
 def append_line(path: pathlib.Path, line: bytes) -> None:
     """Append one whole line to `path` and fsync it. A write that fails part-way is cut back off, so
     the file never ends in a partial line because of it."""
+    # O_NOFOLLOW: never append through a symlink (a dangling one would create a file elsewhere)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, flags, 0o644)
     except OSError as exc:
         raise write_failed(path, exc) from None
     try:

@@ -30,7 +30,9 @@ from femto.data import (
 )
 from femto.divergence import DivergenceGuard
 from femto.errors import CheckpointError, ConfigError, TrainingDiverged
+from femto.fileio import remove_stale_temporaries
 from femto.graph import Tensor, no_grad
+from femto.memory_estimate import check_fits, training_bytes
 from femto.model import GPT, GPTConfig
 from femto.optim import AdamW
 from femto.timing import RunTimer
@@ -72,6 +74,17 @@ class TrainConfig:
     seed: int = 1337
 
     def __post_init__(self) -> None:
+        # config.json may hold anything: types first, then ranges
+        for name in ("data", "tokenizer", "device", "sp_model_type"):
+            value = getattr(self, name)
+            if not (isinstance(value, str) or (value is None and name == "sp_model_type")):
+                raise ConfigError(f"{_flag(name)} must be a string, got {value!r}")
+        for name in ("lr", "min_lr", "weight_decay", "beta1", "beta2", "grad_clip"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{_flag(name)} must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise ConfigError(f"{_flag(name)} must be finite, got {value!r}")
         positive = ("steps", "batch_size", "grad_accum", "eval_every", "eval_batches", "save_every")
         for name in (*positive, "log_every"):
             value = getattr(self, name)
@@ -81,7 +94,9 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{_flag(name)} must be a non-negative integer, got {value!r}")
-        if self.vocab is not None and (not isinstance(self.vocab, int) or self.vocab < 1):
+        if self.vocab is not None and (
+            isinstance(self.vocab, bool) or not isinstance(self.vocab, int) or self.vocab < 1
+        ):
             raise ConfigError(f"--vocab must be a positive integer, got {self.vocab!r}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"--lr must be a positive number, got {self.lr!r}")
@@ -182,6 +197,7 @@ def prepare_run(
     train_options = {k: v for k, v in train_options.items() if v is not None}
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--out {run_dir} is a file, not a run directory")
+    ckpt.check_run_files(run_dir)
     if ckpt.has_checkpoint(run_dir):
         state = ckpt.load_state(run_dir)
         try:
@@ -205,19 +221,24 @@ def prepare_run(
                 f"{run_dir}: the tokenizer has {tokenizer.vocab_size} symbols but the model's "
                 f"vocab_size is {state.model.vocab_size}"
             )
+        _check_training_fits(state.model, config)
         weights = ckpt.load_weights(run_dir, state)
         optimizer_state = ckpt.load_optimizer_state(run_dir, state)
         corpus = resolve_corpus(config.data, data_home)
         model_config = state.model
     else:
         config = TrainConfig(**train_options)
-        GPTConfig(**{"vocab_size": 1, **model_options})  # fail on bad sizes before any slow work
+        # fail on bad sizes before any slow work; the vocabulary is not known yet, so its least
+        # plausible size (--vocab, else one symbol) stands in until the tokenizer is trained
+        sizes = GPTConfig(**{"vocab_size": config.vocab or 1, **model_options})
+        _check_training_fits(sizes, config, vocab_known=config.vocab is not None)
         corpus = resolve_corpus(config.data, data_home)
         options = {"model_type": config.sp_model_type} if config.sp_model_type else {}
         tokenizer = train_tokenizer(
             corpus, config.tokenizer, config.vocab, tokenizer_progress, **options
         )
         model_config = GPTConfig(**{**model_options, "vocab_size": tokenizer.vocab_size})
+        _check_training_fits(model_config, config)
         state = ckpt.RunState(model=model_config, train=config.to_dict())
         weights = optimizer_state = None
     tokens = encode_corpus(corpus, tokenizer, cache_dir, progress)
@@ -229,6 +250,15 @@ def prepare_run(
     return Run(
         run_dir, state, config, tokenizer, train_tokens, val_tokens, weights, optimizer_state
     )
+
+
+def _check_training_fits(model: GPTConfig, config: TrainConfig, vocab_known: bool = True) -> None:
+    vocab = f"vocab {model.vocab_size:,}" if vocab_known else "before its vocabulary"
+    what = (
+        f"training {model.n_layer} layers x {model.n_embd} wide ({vocab}, "
+        f"block {model.block_size:,}) at batch {config.batch_size:,}"
+    )
+    check_fits(training_bytes(model, config.batch_size), what, ConfigError)
 
 
 class TrainStep:
@@ -346,6 +376,7 @@ def train(
         "step": state.step, "steps": cfg.steps, "resumed": run.resumed,
         "elapsed_s": timer.before.wall_s,
     })  # fmt: skip
+    remove_stale_temporaries(run_dir)  # left by a femto killed while writing here
     ckpt.truncate_metrics(run_dir, state.step)
     tokenizer_description = save_tokenizer(run.tokenizer, run_dir)
 

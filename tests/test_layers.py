@@ -1,7 +1,8 @@
 """STYLE.md section 2's import table, enforced on the AST of every femto module that exists.
 
-A module may import from femto only what its row allows (errors and fileio, the bottom layer, are
-allowed everywhere). click only in cli; pyopencl and sentencepiece only lazily, inside functions of the
+A module may import from femto only what its row allows (errors, fileio, safe_read and
+memory_estimate, the bottom layer, are allowed everywhere).
+click only in cli; pyopencl and sentencepiece only lazily, inside functions of the
 modules that wrap them. A module with no row fails: new modules need a row in the table.
 """
 
@@ -27,12 +28,16 @@ BELOW_TRAIN = [
     "femto.runlock",
     "femto.divergence",
 ]
+# stdlib-level helpers every module may use
+BOTTOM = ["femto.errors", "femto.fileio", "femto.safe_read", "femto.memory_estimate"]
 # module pattern -> femto modules it may import (first matching row wins)
 TABLE = [
     ("femto", ["femto.backend", "femto.backend.cpu"]),  # __init__ checks the extension on import
     ("femto.errors", []),
     ("femto.fileio", []),  # the bottom layer beside errors: durable writes, stdlib only
     ("femto.runlock", []),  # beside fileio: OS file locks on a run directory, stdlib only
+    ("femto.safe_read", []),  # bottom layer too: bounded reads of regular files
+    ("femto.memory_estimate", []),  # bottom layer too: will a model fit in memory
     ("femto.backend", ["femto.backend.base"]),
     ("femto.backend.cpu", ["femto.backend.base", "femto._cpu"]),
     ("femto.backend.*", ["femto.backend.base"]),
@@ -131,7 +136,7 @@ def violations(module: str, source: str, is_package: bool = False) -> list[str]:
     )
     if row is None:
         return [f"{module} has no row in STYLE.md's import table (tests/test_layers.py)"]
-    allowed = [*row, "femto.errors", "femto.fileio", "femto.__version__"]
+    allowed = [*row, *BOTTOM, "femto.__version__"]
     found = []
     for name, top_level in imports(ast.parse(source), module, is_package):
         root = name.split(".")[0]

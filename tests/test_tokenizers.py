@@ -271,7 +271,7 @@ def test_corrupt_tokenizer_file_is_a_tokenizer_error(tmp_path, sp_unigram, kind)
 
 def test_corrupt_description_is_a_tokenizer_error(tmp_path):
     (tmp_path / "tokenizer.json").write_text("{not json")
-    with pytest.raises(TokenizerError, match=r"tokenizer.json is corrupt: not valid UTF-8 JSON"):
+    with pytest.raises(TokenizerError, match=r"tokenizer.json is corrupt: not UTF-8 JSON"):
         load_tokenizer(tmp_path)
     (tmp_path / "tokenizer.json").write_text('{"kind": "nope"}')
     with pytest.raises(TokenizerError, match=r"unknown tokenizer 'nope': available are"):

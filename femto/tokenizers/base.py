@@ -16,6 +16,10 @@ from collections.abc import Iterable, Sequence
 
 from femto.errors import TokenizerError
 from femto.fileio import write_atomic
+from femto.safe_read import MAX_JSON_BYTES, loads_json, read_bytes
+
+# a tokenizer's own file (a sentencepiece model of a million pieces is about 20 MB)
+MAX_TOKENIZER_FILE_BYTES = 256 << 20
 
 ENTRY_POINT_GROUP = "femto.tokenizers"
 # TinyStories' story separator; a tokenizer with an end-of-text symbol encodes it as one id
@@ -91,15 +95,14 @@ class Tokenizer(abc.ABC):
 def read_json_file(path: pathlib.Path) -> dict:
     """A tokenizer's JSON file as a dict; missing or unreadable is a TokenizerError naming the file."""
     path = pathlib.Path(path)
-    if not path.is_file():
+    try:
+        raw = read_bytes(path, TokenizerError, path.parent, MAX_JSON_BYTES)
+    except FileNotFoundError:
         raise TokenizerError(
             f"{path} is missing: tokenizer files are written by `femto train` "
             "or `femto tokenize train --out DIR`"
-        )
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TokenizerError(f"{path} is corrupt: not valid UTF-8 JSON ({exc})") from None
+        ) from None
+    value = loads_json(raw, str(path), TokenizerError)
     if not isinstance(value, dict):
         raise TokenizerError(
             f"{path} is corrupt: expected a JSON object, found {type(value).__name__}"
@@ -107,8 +110,20 @@ def read_json_file(path: pathlib.Path) -> dict:
     return value
 
 
+def read_tokenizer_file(path: pathlib.Path) -> bytes:
+    """A tokenizer file's bytes: a regular file inside its folder, of bounded size."""
+    path = pathlib.Path(path)
+    try:
+        return read_bytes(path, TokenizerError, path.parent, MAX_TOKENIZER_FILE_BYTES)
+    except FileNotFoundError:
+        raise TokenizerError(
+            f"{path} is missing: tokenizer files are written by `femto train` "
+            "or `femto tokenize train --out DIR`"
+        ) from None
+
+
 def file_sha256(path: pathlib.Path) -> str:
-    return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
+    return hashlib.sha256(read_tokenizer_file(path)).hexdigest()
 
 
 def check_file(directory: pathlib.Path, description: dict, kind: str) -> pathlib.Path:
@@ -117,7 +132,7 @@ def check_file(directory: pathlib.Path, description: dict, kind: str) -> pathlib
     if not isinstance(name, str) or pathlib.Path(name).name != name:
         raise TokenizerError(f'{directory / DESCRIPTION_FILE} is corrupt: bad "file" {name!r}')
     path = pathlib.Path(directory) / name
-    if not path.is_file():
+    if not path.exists():
         raise TokenizerError(
             f"{path} is missing: the {kind} tokenizer file is written by `femto train` "
             "or `femto tokenize train --out DIR`"

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 
 from femto.errors import TokenizerError
 from femto.fileio import write_atomic
-from femto.tokenizers.base import Tokenizer, check_file
+from femto.tokenizers.base import Tokenizer, check_file, read_tokenizer_file
 
 MODEL_FILE = "tokenizer.model"
 MODEL_TYPES = ("unigram", "bpe")
@@ -244,7 +244,7 @@ class SentencePieceTokenizer(Tokenizer):
         eot = description.get("eot")
         if eot is not None and not isinstance(eot, str):
             raise TokenizerError(f"tokenizer description for {path} is corrupt: eot {eot!r}")
-        tokenizer = cls(path.read_bytes(), eot, source=str(path))
+        tokenizer = cls(read_tokenizer_file(path), eot, source=str(path))
         expected = description.get("vocab_size")
         if expected is not None and expected != tokenizer.vocab_size:
             raise TokenizerError(
