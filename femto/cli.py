@@ -68,6 +68,11 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
 @click.pass_context
 def main(ctx: click.Context) -> None:
     """femto: train and sample small GPT language models on C/OpenMP or OpenCL kernels."""
+    from femto.backend import cpu
+
+    error = cpu.cpu_path_error()  # a bad FEMTO_CPU stops every command before it does any work
+    if error is not None:
+        raise click.ClickException(error)
     if ctx.invoked_subcommand is None:  # `femto` alone: the help, as a success
         click.echo(ctx.get_help())
 
@@ -231,6 +236,7 @@ def train(out: str, **options) -> None:
     """Train a GPT, or resume the run in --out. Ctrl-C (or SIGTERM) finishes the step, saves and
     exits."""
     import signal
+    import threading
 
     from femto import train as training
 
@@ -243,7 +249,9 @@ def train(out: str, **options) -> None:
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
-    startup_sigterm = signal.signal(signal.SIGTERM, interrupt)
+    # signal handlers can only be set from the main thread (a test may run the command in another)
+    main_thread = threading.current_thread() is threading.main_thread()
+    startup_sigterm = signal.signal(signal.SIGTERM, interrupt) if main_thread else None
     lock = None
     try:
         lock = TrainerLock(run_dir)
@@ -259,7 +267,8 @@ def train(out: str, **options) -> None:
             lock.release(remove_dir_if_empty=True)
         raise
     finally:
-        signal.signal(signal.SIGTERM, startup_sigterm)
+        if main_thread:
+            signal.signal(signal.SIGTERM, startup_sigterm)
     try:
         _gpt_train(training, run, run_dir, cache_root)
     finally:
