@@ -6,6 +6,7 @@ traceback.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -86,6 +87,43 @@ def _gpt_encoding_progress(what: str):
 _GPT_MODEL_FIELDS = ("block_size", "n_layer", "n_head", "n_embd", "dropout", "bias")
 
 
+# ---- data-parallel runs under mpiexec (issue 10) ----
+
+
+def _mpi_communicator():
+    """This process's communicator: MPI's world under `mpiexec -n N>1` (mpi4py imported only
+    then), else one process. Without OMP_NUM_THREADS, ranks on one host share its cores."""
+    from femto import distributed
+
+    comm = distributed.connect(os.environ)
+    if comm.size > 1 and "OMP_NUM_THREADS" not in os.environ:
+        comm.cpu_threads = max(1, len(os.sched_getaffinity(0)) // comm.local_size)
+    return comm
+
+
+@contextlib.contextmanager
+def _mpi_fail_fast(comm):
+    """With several ranks, an exception on one must end them all: the others would wait for it in
+    their next collective forever. It prints one line naming the rank, then MPI_Abort ends the job."""
+    if comm.size == 1:
+        yield
+        return
+    try:
+        yield
+    except BaseException as exc:
+        if isinstance(exc, FemtoError):
+            what = str(exc)
+        else:
+            import traceback
+
+            traceback.print_exc()  # a bug: keep the traceback above the one-line summary
+            what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        click.echo(f"Error: {comm.name} failed: {what}", err=True)
+        sys.stderr.flush()
+        comm.abort(1)
+        raise
+
+
 @main.command()
 @_gpt_option("--data", "data", "Corpus: a bundled name or a path.")
 @_gpt_option("--tokenizer", "tokenizer", "Tokenizer by name (char, byte, ...).")
@@ -128,24 +166,35 @@ def train(out: str, **options) -> None:
 
     import numpy as np
 
+    from femto import parallel_run
     from femto import train as training
+    from femto.distributed import PeerFailed
     from femto.errors import TokenizerError
     from femto.sample import encode_prompt, generate
 
     model_options = {k: options.pop(k) for k in _GPT_MODEL_FIELDS}
     run_dir = pathlib.Path(out)
     cache_root = _gpt_cache_root()
-    progress = _gpt_encoding_progress(options.get("data") or "the corpus")
     try:
-        run = training.prepare_run(
-            run_dir, model_options, options, cache_root / "tokens", cache_root / "datasets",
+        comm = _mpi_communicator()
+    except PeerFailed:
+        sys.exit(1)  # rank 0 says why
+    root = comm.rank == 0  # under mpiexec, rank 0 alone prints
+    progress = _gpt_encoding_progress(options.get("data") or "the corpus") if root else None
+    try:
+        run = parallel_run.prepare_run(
+            comm, run_dir, model_options, options, cache_root / "tokens", cache_root / "datasets",
             progress,
         )  # fmt: skip
+    except PeerFailed:
+        sys.exit(1)  # the rank that failed has said why
     finally:
         if progress is not None:
             progress.close()
     cfg, state = run.config, run.state
     if state.step >= cfg.steps:
+        if not root:
+            return
         click.echo(
             f"{run_dir} is at step {state.step} of --steps {cfg.steps}: nothing to train "
             f"(pass a larger --steps to continue)"
@@ -157,15 +206,17 @@ def train(out: str, **options) -> None:
         prompt, _ = encode_prompt(run.tokenizer, "", state.model.block_size)
     except TokenizerError as exc:
         prompt = None  # a vocabulary without a newline: checkpoints then come without samples
-        click.echo(f"notice: no samples at checkpoints ({exc})", err=True)
+        if root:
+            click.echo(f"notice: no samples at checkpoints ({exc})", err=True)
 
     def on_sigint(signum, frame):
         if stop.is_set():
             raise KeyboardInterrupt  # a second Ctrl-C: stop now, the last checkpoint stays
         stop.set()
-        click.echo(
-            "\ninterrupted: finishing this step and saving (Ctrl-C again to abort)", err=True
-        )
+        if root:
+            click.echo(
+                "\ninterrupted: finishing this step and saving (Ctrl-C again to abort)", err=True
+            )
 
     def on_event(event: dict) -> None:
         kind = event["kind"]
@@ -177,6 +228,11 @@ def train(out: str, **options) -> None:
                 f"{len(run.train_tokens):,} train / {len(run.val_tokens):,} val tokens, "
                 f"on {event['device']}"
             )
+            if event["ranks"] > 1:
+                click.echo(
+                    f"{event['ranks']} ranks: global batch {event['global_batch']} sequences = "
+                    f"{cfg.batch_size} x --grad-accum {cfg.grad_accum} x {event['ranks']} ranks"
+                )
         elif kind == "step":
             val = f"{event['val_loss']:.4f}" if event["val_loss"] is not None else "-"
             line = (
@@ -201,9 +257,12 @@ def train(out: str, **options) -> None:
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        final = training.train(run, on_event, stop)
+        with _mpi_fail_fast(comm):
+            final = training.train(run, on_event, stop, comm)
     finally:
         signal.signal(signal.SIGINT, previous)
+    if not root:
+        return
     best = f"{final.best_val_loss:.4f}" if final.best_val_loss is not None else "-"
     click.echo(f"done: step {final.step}, best val loss {best}, run in {run_dir}")
 

@@ -43,6 +43,7 @@ class _Group:
             offsets[name] = size
             size += -(-max(p.size, 1) // align) * align  # the next view starts aligned
         self.size = size
+        self.offsets = offsets
         self.storage = {kind: backend.zeros(size) for kind in ("param", "grad", "m", "v")}
         # name -> {kind: Tensor viewing that kind's storage}
         self.views: dict[str, dict[str, Tensor]] = {}
@@ -96,6 +97,12 @@ class AdamW:
         # sum of squares of every gradient, on the device
         self._sumsq = Tensor.zeros((1,), backend) if backend is not None else None
         self._last_divisor = 1.0
+
+    def packed(self) -> list[dict]:
+        """Each weight-decay group's packed storage, for code that moves whole buffers (a
+        data-parallel all-reduce or broadcast): {"param", "grad", "m", "v": buffer, "size": N,
+        "offsets": {name: offset, in packing order}}. Offsets are multiples of view_alignment."""
+        return [{**g.storage, "size": g.size, "offsets": dict(g.offsets)} for g in self._groups]
 
     def grad_norm(self) -> float:
         """L2 norm of the gradients the last step() used (divided by its grad_divisor, before
