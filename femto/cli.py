@@ -231,7 +231,8 @@ def train(out: str, **options) -> None:
             if event["ranks"] > 1:
                 click.echo(
                     f"{event['ranks']} ranks: global batch {event['global_batch']} sequences = "
-                    f"{cfg.batch_size} x --grad-accum {cfg.grad_accum} x {event['ranks']} ranks"
+                    f"{cfg.batch_size} x --grad-accum {cfg.grad_accum} x {event['ranks']} ranks; "
+                    + ", ".join(f"rank {r} pid {p}" for r, p in enumerate(event["processes"]))
                 )
         elif kind == "step":
             val = f"{event['val_loss']:.4f}" if event["val_loss"] is not None else "-"

@@ -9,6 +9,8 @@ backward can start early (see TrainStep). Nothing here knows about models, runs 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 import zlib
 from collections.abc import Mapping, Sequence
@@ -32,6 +34,7 @@ BUCKET_BYTES = 1 << 20
 # while one rank works alone (rank 0 encoding a corpus, saving, sampling) the others wait by polling
 # at this interval: a blocking MPI wait spins and would take a core from the rank doing the work
 IDLE_POLL_S = 0.005
+HOST_BYTES = 256  # 'pid@host' of a rank, as gathered
 
 
 class PeerFailed(FemtoError):
@@ -127,6 +130,11 @@ class Communicator:
 
     def gather_ints(self, value: int) -> list[int]:
         return [value]
+
+    def processes(self) -> list[str]:
+        """'pid@host' of every rank, in rank order: a launcher that reports a dead process by its
+        pid (MPICH's "BAD TERMINATION ... PID 1234 RUNNING AT host") is read against it."""
+        return [f"{os.getpid()}@{socket.gethostname()}"]
 
     def check_identical(self, arrays: Sequence[np.ndarray], when: str) -> None:
         """Raise RanksDiverged on every rank unless the arrays are byte-identical on all ranks."""
@@ -237,6 +245,14 @@ class MPICommunicator(Communicator):
         out = np.empty(self.size, dtype=np.int64)
         self.comm.Allgather(np.array([value], dtype=np.int64), out)
         return [int(v) for v in out]
+
+    def processes(self) -> list[str]:
+        mine = np.zeros(HOST_BYTES, dtype=np.uint8)
+        name = f"{os.getpid()}@{socket.gethostname()}".encode()[:HOST_BYTES]
+        mine[: len(name)] = np.frombuffer(name, dtype=np.uint8)
+        everyone = np.empty((self.size, HOST_BYTES), dtype=np.uint8)
+        self.comm.Allgather(mine, everyone)
+        return [row.tobytes().rstrip(b"\0").decode(errors="replace") for row in everyone]
 
     def gradient_reducer(self, backend: Backend, packed: list[dict], overlap: bool = True):
         return GradientReducer(self, backend, packed, overlap=overlap)

@@ -378,7 +378,8 @@ def train(
 ) -> ckpt.RunState:
     """Train run.config.steps steps in total (resuming at run.state.step); returns the final state.
 
-    Events: "start" (device, params, step, steps, resumed, ranks, global_batch); "step" after each
+    Events: "start" (device, params, step, steps, resumed, ranks, global_batch, processes:
+    'pid@host' per rank); "step" after each
     step (step, steps, loss, lr, dt_ms, tokens_per_s, elapsed_s, eta_s, val_loss = the last
     measured, and grad_norm on logged steps); "eval" with val_loss; "checkpoint" after each save
     (step, model, tokenizer, for a sample); "done". Setting `stop` ends the loop after the current
@@ -416,6 +417,7 @@ def train(
     emit({
         "kind": "start", "device": backend.device_name, "params": state.model.num_params(),
         "step": state.step, "steps": cfg.steps, "resumed": run.resumed, **derived,
+        "processes": comm.processes(),
     })  # fmt: skip
     if root:
         ckpt.truncate_metrics(run_dir, state.step)
