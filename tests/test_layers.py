@@ -42,13 +42,24 @@ TABLE = [
     ("femto.tokenizers.*", ["femto.tokenizers.*"]),
     ("femto.data", ["femto.tokenizers", "femto.tokenizers.base"]),
     ("femto.checkpoint", ["femto.model", "femto.tokenizers", "femto.tokenizers.*", "femto.optim"]),
-    ("femto.train", BELOW_TRAIN),
+    # data-parallel communication beside optim: buffers of a backend, never a model (issue 10)
+    ("femto.distributed", ["femto.backend.base", "femto.backend.opencl"]),
+    ("femto.train", [*BELOW_TRAIN, "femto.distributed"]),
+    (
+        "femto.parallel_run",  # prepares one run on every rank: above train, below cli
+        [
+            "femto.train", "femto.distributed", "femto.checkpoint", "femto.data", "femto.model",
+            "femto.tokenizers", "femto.tokenizers.*",
+        ],
+    ),  # fmt: skip
     ("femto.sample", BELOW_TRAIN),
     ("femto.evaluate", BELOW_TRAIN),  # not in STYLE.md's table yet: `femto eval` sits beside sample
     (
         "femto.cli",
         [
             "femto.train",
+            "femto.parallel_run",
+            "femto.distributed",
             "femto.sample",
             "femto.evaluate",
             "femto.tokenizers",
@@ -64,7 +75,11 @@ EXCEPTIONS = {
     ("femto.cli", "femto.backend.opencl"): "lazy import for listing OpenCL devices",
     ("femto.cli", "femto.model"): "GPTConfig, whose fields the click options mirror",
 }
-LAZY_ONLY = {"pyopencl": "femto.backend.opencl", "sentencepiece": "femto.tokenizers.*"}
+LAZY_ONLY = {
+    "pyopencl": "femto.backend.opencl",
+    "sentencepiece": "femto.tokenizers.*",
+    "mpi4py": "femto.distributed",  # only under mpiexec -n N>1: a plain run never loads MPI
+}
 
 
 def module_name(path: pathlib.Path) -> str:
