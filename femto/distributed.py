@@ -147,9 +147,13 @@ class Communicator:
                 "differ); every host must run the same femto build on the same kind of device"
             )
 
-    def gradient_reducer(self, backend: Backend, packed: list[dict], overlap: bool = True):
-        """None: one process has nothing to reduce."""
-        return None
+    def gradient_reducer(
+        self, backend: Backend, packed: list[dict], overlap: bool = True
+    ) -> GradientReducer | None:
+        """A reducer of the packed gradient buffers; one process has nothing to reduce (None)."""
+        if self.size == 1:
+            return None
+        return GradientReducer(self, backend, packed, overlap=overlap)
 
     def backend(self, spec: str) -> Backend:
         """This rank's backend for a --device spec: with several ranks on a host, `opencl` (no
@@ -254,9 +258,6 @@ class MPICommunicator(Communicator):
         self.comm.Allgather(mine, everyone)
         return [row.tobytes().rstrip(b"\0").decode(errors="replace") for row in everyone]
 
-    def gradient_reducer(self, backend: Backend, packed: list[dict], overlap: bool = True):
-        return GradientReducer(self, backend, packed, overlap=overlap)
-
     def abort(self, code: int = 1) -> None:
         self.comm.Abort(code)
 
@@ -282,7 +283,9 @@ def make_buckets(backend: Backend, packed: list[dict], bucket_bytes: int) -> lis
         for name, offset in reversed(offsets):
             names.append(name)
             if stop - offset >= limit or offset == 0:
-                buckets.append(Bucket(names, backend.view(group["grad"], offset, stop - offset), stop - offset))
+                buckets.append(
+                    Bucket(names, backend.view(group["grad"], offset, stop - offset), stop - offset)
+                )
                 names, stop = [], offset
     return buckets
 

@@ -81,8 +81,10 @@ def test_several_processes_without_mpi4py_stop_with_one_line(tmp_path, no_mpi4py
     assert proc.returncode == 1
     lines = [line for line in proc.stderr.splitlines() if not line.startswith("mpi4py imported")]
     assert lines == [
-        "Error: this run was launched as 2 processes but mpi4py is not installed: "
-        'pip install "femto[mpi]" (mpi4py and MPICH)'
+        (
+            "Error: this run was launched as 2 processes but mpi4py is not installed: "
+            'pip install "femto[mpi]" (mpi4py and MPICH)'
+        )
     ]
     assert not (tmp_path / "run").exists()
     # the other ranks stop too, silently: rank 0 has said it
@@ -134,7 +136,8 @@ def test_the_leaf_hook_fires_once_per_parameter_when_its_gradient_is_final(cpu_b
     for name, p in model.params.items():
         np.testing.assert_array_equal(seen[name], p.grad.numpy(), err_msg=name)
     # and not all at the end: the last block's weights are final before the embeddings' backward
-    assert list(seen)[0].startswith(f"transformer.h.{CONFIG.n_layer - 1}.") or list(seen)[0] in (
+    first = next(iter(seen))
+    assert first.startswith(f"transformer.h.{CONFIG.n_layer - 1}.") or first in (
         "transformer.ln_f.weight", "transformer.ln_f.bias",
     )  # fmt: skip
 
@@ -195,4 +198,6 @@ def test_an_exception_on_one_rank_prints_one_line_naming_it_and_aborts(capsys):
     with pytest.raises(ZeroDivisionError), cli._mpi_fail_fast(comm):
         1 / 0  # noqa: B018 - a bug keeps its traceback, then the one line
     err = capsys.readouterr().err
-    assert "Traceback" in err and err.endswith("Error: rank 1 of 2 failed: ZeroDivisionError: division by zero\n")
+    assert "Traceback" in err and err.endswith(
+        "Error: rank 1 of 2 failed: ZeroDivisionError: division by zero\n"
+    )

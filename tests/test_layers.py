@@ -45,13 +45,8 @@ TABLE = [
     # data-parallel communication beside optim: buffers of a backend, never a model (issue 10)
     ("femto.distributed", ["femto.backend.base", "femto.backend.opencl"]),
     ("femto.train", [*BELOW_TRAIN, "femto.distributed"]),
-    (
-        "femto.parallel_run",  # prepares one run on every rank: above train, below cli
-        [
-            "femto.train", "femto.distributed", "femto.checkpoint", "femto.data", "femto.model",
-            "femto.tokenizers", "femto.tokenizers.*",
-        ],
-    ),  # fmt: skip
+    # prepares one run on every rank: above train, below cli
+    ("femto.parallel_run", ["femto.train", "femto.distributed", *BELOW_TRAIN]),
     ("femto.sample", BELOW_TRAIN),
     ("femto.evaluate", BELOW_TRAIN),  # not in STYLE.md's table yet: `femto eval` sits beside sample
     (

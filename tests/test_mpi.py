@@ -107,7 +107,9 @@ def test_two_ranks_train_what_one_rank_with_twice_the_accumulation_does(workdir,
     config = json.loads((workdir / "two" / "config.json").read_text())
     assert config["train"]["ranks"] == 2 and config["train"]["global_batch"] == 8
     assert config["rng"] == {"micro_batches": 2 * STEPS}
-    assert config["tokens_seen"] == json.loads((straight / "config.json").read_text())["tokens_seen"]
+    assert (
+        config["tokens_seen"] == json.loads((straight / "config.json").read_text())["tokens_seen"]
+    )
 
 
 @pytest.mark.parametrize("first, then", [(2, 1), (1, 2)])
@@ -169,9 +171,9 @@ def rank_pid(mpiexec: subprocess.Popen, rank: int) -> int | None:
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if b"femto" in cmdline and f"PMI_RANK={rank}".encode() in environ:
-            if f"MPI_TEST_PARENT={mpiexec.pid}".encode() in environ:
-                return int(entry.name)
+        mine = f"MPI_TEST_PARENT={mpiexec.pid}".encode() in environ
+        if mine and b"femto" in cmdline and f"PMI_RANK={rank}".encode() in environ:
+            return int(entry.name)
     return None
 
 
