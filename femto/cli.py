@@ -113,6 +113,8 @@ def _mpi_fail_fast(comm):
     except BaseException as exc:
         if isinstance(exc, FemtoError):
             what = str(exc)
+        elif isinstance(exc, KeyboardInterrupt):
+            what = "interrupted twice: stopping now, the last checkpoint stays"
         else:
             import traceback
 

@@ -34,6 +34,27 @@ def test_world_size_comes_from_the_launcher_environment():
     assert isinstance(connect({"PMI_SIZE": "1"}), SingleProcess)
 
 
+def test_opencl_ranks_take_the_gpus_of_their_host_in_turn(monkeypatch):
+    from femto import distributed
+    from femto.backend import opencl
+
+    devices = [
+        {"platform": 0, "device": 0, "type": "CPU"},
+        {"platform": 1, "device": 0, "type": "GPU"},
+        {"platform": 1, "device": 1, "type": "GPU"},
+    ]
+    monkeypatch.setattr(opencl, "list_devices", lambda: devices)
+    assert [distributed._local_gpu(r) for r in range(3)] == [
+        "opencl:1:0",
+        "opencl:1:1",
+        "opencl:1:0",
+    ]
+    monkeypatch.setattr(
+        opencl, "list_devices", lambda: devices[:1]
+    )  # no GPU: the devices there are
+    assert distributed._local_gpu(1) == "opencl:0:0"
+
+
 def run_python(code: str, env: dict[str, str], tmp_path) -> subprocess.CompletedProcess:
     full = dict(os.environ, **env)
     full["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"), str(ROOT)]))
