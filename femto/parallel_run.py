@@ -73,7 +73,7 @@ def prepare_run(
                 failure = exc
     failed = comm.allreduce_sum([float(failure is not None)])[0]
     if failure is not None:
-        raise type(failure)(f"{comm.name}: {failure}") if _rebuildable(failure) else failure
+        raise _naming_rank(failure, comm) from None
     if failed:
         raise PeerFailed("another rank stopped this run (its error is above)")
 
@@ -83,12 +83,12 @@ def prepare_run(
     return run
 
 
-def _rebuildable(exc: Exception) -> bool:
+def _naming_rank(exc: FemtoError, comm: Communicator) -> FemtoError:
+    """The same error with 'rank R of N: ' in front, so the user knows which host to look at."""
     try:
-        type(exc)("probe")
-    except TypeError:
-        return False
-    return True
+        return type(exc)(f"{comm.name}: {exc}")
+    except TypeError:  # an error class that takes more than a message
+        return exc
 
 
 def _manifest(run: training.Run) -> dict:

@@ -55,6 +55,18 @@ def test_opencl_ranks_take_the_gpus_of_their_host_in_turn(monkeypatch):
     assert distributed._local_gpu(1) == "opencl:0:0"
 
 
+def test_the_stream_resumes_at_its_saved_position_or_after_an_old_runs_tokens():
+    from femto import checkpoint as ckpt
+    from femto.train import TrainConfig, stream_position
+
+    train = TrainConfig(batch_size=4).to_dict()
+    state = ckpt.RunState(CONFIG, train, step=5, tokens_seen=5 * 3 * 4 * 8)
+    state.rng = {"micro_batches": 17}
+    assert stream_position(state) == 17
+    state.rng = {"data": {"bit_generator": "PCG64"}}  # saved before the stream was global
+    assert stream_position(state) == 15  # 3 micro-batches of 4 x 8 tokens per step
+
+
 def run_python(code: str, env: dict[str, str], tmp_path) -> subprocess.CompletedProcess:
     full = dict(os.environ, **env)
     full["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"), str(ROOT)]))
