@@ -8,7 +8,6 @@ backward can start early (see TrainStep). Nothing here knows about models, runs 
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import time
@@ -21,8 +20,6 @@ import numpy as np
 
 from femto.backend.base import Backend, get_backend, parse_device_spec
 from femto.errors import BackendUnavailable, ConfigError, FemtoError
-
-logger = logging.getLogger(__name__)
 
 # the world size as launchers publish it: MPICH's hydra (and Slurm's PMI), Open MPI, MVAPICH
 SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
@@ -124,9 +121,6 @@ class Communicator:
         """Rank 0's float32 arrays on every rank (the others pass None); names and shapes travel."""
         assert arrays is not None
         return arrays
-
-    def bcast_buffers(self, backend: Backend, buffers: Sequence[Any]) -> None:
-        """Overwrite each backend buffer with rank 0's contents."""
 
     def gather_ints(self, value: int) -> list[int]:
         return [value]
@@ -237,13 +231,6 @@ class MPICommunicator(Communicator):
             self.comm.Bcast(buf, root=0)
             out[name] = buf
         return out
-
-    def bcast_buffers(self, backend: Backend, buffers: Sequence[Any]) -> None:
-        for buf in buffers:
-            host, in_place = _host(backend, buf)
-            self.comm.Bcast(host, root=0)
-            if not in_place:
-                backend.upload_(buf, host)
 
     def gather_ints(self, value: int) -> list[int]:
         out = np.empty(self.size, dtype=np.int64)

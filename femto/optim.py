@@ -4,8 +4,9 @@ The optimizer packs what it is given: the parameters of each weight-decay group 
 vectors do not) move into one contiguous buffer, their gradients into another, and the moments into
 two more; every parameter's `.data` and `.grad` become views into them. A step is then two kernel
 calls per group, whatever the number of parameters: one `sum_squares` and one `adamw_update` over the
-whole group (and a future data-parallel all-reduce has one gradient buffer to reduce). Views start
-at multiples of the backend's view_alignment; the gaps between them stay zero, which no update moves.
+whole group (and a data-parallel all-reduce, femto/distributed.py, has one gradient buffer per
+group to reduce, see packed()). Views start at multiples of the backend's view_alignment; the gaps
+between them stay zero, which no update moves.
 
 Kernel contracts (csrc/adamw.c, kernels/adamw.cl), all buffers flat with N elements:
   sum_squares(out (1,), inp (N,), N): out[0] += sum of inp^2, in a fixed order (thread-count independent).
