@@ -12,6 +12,7 @@ import functools
 import os
 import pathlib
 import sys
+import time
 
 import click
 
@@ -101,6 +102,10 @@ def _mpi_communicator():
     return comm
 
 
+# time for mpiexec to forward a failing rank's last output before MPI_Abort ends the job
+ABORT_GRACE_S = 0.5
+
+
 @contextlib.contextmanager
 def _mpi_fail_fast(comm):
     """With several ranks, an exception on one must end them all: the others would wait for it in
@@ -111,17 +116,21 @@ def _mpi_fail_fast(comm):
     try:
         yield
     except BaseException as exc:
+        bug = not isinstance(exc, (FemtoError, KeyboardInterrupt))
         if isinstance(exc, FemtoError):
             what = str(exc)
         elif isinstance(exc, KeyboardInterrupt):
             what = "interrupted twice: stopping now, the last checkpoint stays"
         else:
+            what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        # the line first: MPI_Abort may end the job before mpiexec has forwarded all of the output
+        click.echo(f"Error: {comm.name} failed: {what}", err=True)
+        if bug:
             import traceback
 
-            traceback.print_exc()  # a bug: keep the traceback above the one-line summary
-            what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        click.echo(f"Error: {comm.name} failed: {what}", err=True)
+            traceback.print_exc()  # a bug keeps its traceback
         sys.stderr.flush()
+        time.sleep(ABORT_GRACE_S)
         comm.abort(1)
         raise
 

@@ -229,3 +229,28 @@ def test_ctrl_c_on_mpiexec_stops_every_rank_after_the_same_step_and_saves_once(w
     assert stdout.count("done: step") == 1 and f"done: step {state.step}," in stdout
     assert len(losses(workdir / "interrupted")) == state.step
     assert state.rng == {"micro_batches": 2 * state.step}
+
+
+def test_an_exception_on_one_rank_ends_the_job_with_one_line_naming_it(workdir):
+    """Rank 0's next save fails (a directory squats on the file it writes first): it prints one line
+    naming itself and aborts; rank 1, waiting for that save, goes down with it within seconds."""
+    proc = start_long_run(workdir, "failing")
+    saved = ckpt.load_state(workdir / "failing").step
+    deadline = time.monotonic() + 30
+    while True:  # the name is taken by a real file while a save is under way
+        try:
+            (workdir / "failing" / ".model.safetensors.pending").mkdir()
+            break
+        except FileExistsError:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    try:
+        _, stderr = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError("the job outlived rank 0's exception by 60 s") from None
+    assert proc.returncode != 0
+    lines = [line for line in stderr.splitlines() if line.startswith("Error: ")]
+    assert len(lines) == 1 and lines[0].startswith("Error: rank 0 of 2 failed: "), stderr
+    assert ckpt.load_state(workdir / "failing").step >= saved  # the last checkpoint stays whole
+    weights(workdir / "failing")
