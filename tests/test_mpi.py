@@ -254,3 +254,17 @@ def test_an_exception_on_one_rank_ends_the_job_with_one_line_naming_it(workdir):
     assert len(lines) == 1 and lines[0].startswith("Error: rank 0 of 2 failed: "), stderr
     assert ckpt.load_state(workdir / "failing").step >= saved  # the last checkpoint stays whole
     weights(workdir / "failing")
+
+
+def test_two_opencl_ranks_train_what_one_does_with_twice_the_accumulation(workdir):
+    from femto.backend.base import get_backend
+    from femto.errors import BackendUnavailable
+
+    try:
+        get_backend("opencl")
+    except BackendUnavailable as exc:
+        pytest.skip(f"OpenCL unavailable: {exc}")
+    common = [*TINY, "--device", "opencl", "--steps", "6"]
+    ok(femto_train(workdir, "cl-one", 1, *common, "--grad-accum", "2"))
+    ok(femto_train(workdir, "cl-two", 2, *common, "--grad-accum", "1"))
+    assert_same_training(workdir / "cl-two", workdir / "cl-one")
