@@ -2,9 +2,9 @@
 
 2 ranks x grad-accum 1 must train exactly what 1 rank x grad-accum 2 trains (losses within 1e-5 over
 30 steps, the same weights after), also across a resume that changes the rank count; rank 0 alone
-writes; a rank killed with -9 ends the job within seconds and leaves a resumable run; Ctrl-C on
-mpiexec stops every rank after the same step with one save; a user error on one rank is reported
-once, naming it.
+writes; a rank killed with -9, or an exception on one rank, ends the job within seconds and leaves
+a resumable run; Ctrl-C on mpiexec stops every rank after the same step with one save; a user error
+on one rank is reported once, naming it. The OpenCL backend gets the equivalence check too.
 """
 
 from __future__ import annotations
