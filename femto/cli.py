@@ -6,12 +6,14 @@ traceback.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import functools
 import os
 import pathlib
 import sys
+import time
 
 import click
 
@@ -197,6 +199,53 @@ def _train_summary(run_dir: pathlib.Path, final, done: dict, flops_token: float,
 _GPT_MODEL_FIELDS = ("block_size", "n_layer", "n_head", "n_embd", "dropout", "bias")
 
 
+# ---- data-parallel runs under mpiexec (issue 10) ----
+
+
+def _mpi_communicator():
+    """This process's communicator: MPI's world under `mpiexec -n N>1` (mpi4py imported only
+    then), else one process. Without OMP_NUM_THREADS, ranks on one host share its cores."""
+    from femto import distributed
+
+    comm = distributed.connect(os.environ)
+    if comm.size > 1 and "OMP_NUM_THREADS" not in os.environ:
+        comm.cpu_threads = max(1, len(os.sched_getaffinity(0)) // comm.local_size)
+    return comm
+
+
+# time for mpiexec to forward a failing rank's last output before MPI_Abort ends the job
+ABORT_GRACE_S = 0.5
+
+
+@contextlib.contextmanager
+def _mpi_fail_fast(comm):
+    """With several ranks, an exception on one must end them all: the others would wait for it in
+    their next collective forever. It prints one line naming the rank, then MPI_Abort ends the job."""
+    if comm.size == 1:
+        yield
+        return
+    try:
+        yield
+    except BaseException as exc:
+        bug = not isinstance(exc, (FemtoError, KeyboardInterrupt))
+        if isinstance(exc, FemtoError):
+            what = str(exc)
+        elif isinstance(exc, KeyboardInterrupt):
+            what = "interrupted twice: stopping now, the last checkpoint stays"
+        else:
+            what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        # the line first: MPI_Abort may end the job before mpiexec has forwarded all of the output
+        click.echo(f"Error: {comm.name} failed: {what}", err=True)
+        if bug:
+            import traceback
+
+            traceback.print_exc()  # a bug keeps its traceback
+        sys.stderr.flush()
+        time.sleep(ABORT_GRACE_S)
+        comm.abort(1)
+        raise
+
+
 @main.command(short_help="Train a GPT, or resume the run in --out.")
 @_gpt_option("--data", "data", "Corpus: a bundled name or a path.")
 @_gpt_option("--tokenizer", "tokenizer", "Tokenizer by name (char, byte, ...).")
@@ -239,13 +288,19 @@ def train(out: str, **options) -> None:
     import threading
 
     from femto import train as training
+    from femto.distributed import PeerFailed
+    from femto.runlock import TrainerLock
 
     model_options = {k: options.pop(k) for k in _GPT_MODEL_FIELDS}
     run_dir = pathlib.Path(out)
     cache_root = _gpt_cache_root()
-    # ---- faults: one trainer per run directory; SIGTERM is Ctrl-C; clean start-up interrupts ----
-    from femto.runlock import TrainerLock
+    try:
+        comm = _mpi_communicator()
+    except PeerFailed:
+        sys.exit(1)  # rank 0 says why
+    root = comm.rank == 0  # under mpiexec, rank 0 alone prints and writes
 
+    # one trainer per run directory; SIGTERM is Ctrl-C; start-up interrupts are one clean line
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
@@ -254,14 +309,19 @@ def train(out: str, **options) -> None:
     startup_sigterm = signal.signal(signal.SIGTERM, interrupt) if main_thread else None
     lock = None
     try:
-        lock = TrainerLock(run_dir)
-        run = _gpt_prepare(training, run_dir, model_options, options, cache_root)
+        with _mpi_fail_fast(comm):  # the other ranks would wait forever for a rank 0 that stopped
+            lock = TrainerLock(run_dir) if root else None
+        run = _gpt_prepare(comm, run_dir, model_options, options, cache_root)
     except KeyboardInterrupt:
         if lock is not None:
             lock.release(remove_dir_if_empty=True)
         raise click.ClickException(
             f"interrupted during start-up: nothing trained, {run_dir} left as it was"
         ) from None
+    except PeerFailed:
+        if lock is not None:
+            lock.release(remove_dir_if_empty=True)
+        sys.exit(1)  # the rank that failed has said why
     except BaseException:
         if lock is not None:
             lock.release(remove_dir_if_empty=True)
@@ -270,12 +330,20 @@ def train(out: str, **options) -> None:
         if main_thread:
             signal.signal(signal.SIGTERM, startup_sigterm)
     try:
-        _gpt_train(training, run, run_dir, cache_root)
+        _gpt_train(training, comm, run, run_dir, cache_root)
     finally:
-        lock.release(remove_dir_if_empty=True)  # a run that failed before writing leaves no trace
+        if lock is not None:  # a run that failed before writing leaves no trace
+            lock.release(remove_dir_if_empty=True)
 
 
-def _gpt_prepare(training, run_dir: pathlib.Path, model_options: dict, options: dict, cache_root):
+def _gpt_prepare(comm, run_dir: pathlib.Path, model_options: dict, options: dict, cache_root):
+    """The run on every rank (femto/parallel_run.py), with rank 0's progress lines."""
+    from femto import parallel_run
+
+    if comm.rank != 0:
+        return parallel_run.prepare_run(
+            comm, run_dir, model_options, options, cache_root / "tokens", cache_root / "datasets"
+        )  # fmt: skip
     progress = _gpt_encoding_progress(options.get("data") or "the corpus")
     tokenizer_progress = _progress(
         f"reading {options.get('data') or 'the corpus'} for the tokenizer", "B",
@@ -287,8 +355,8 @@ def _gpt_prepare(training, run_dir: pathlib.Path, model_options: dict, options: 
         progress(done, total)
 
     try:
-        return training.prepare_run(
-            run_dir, model_options, options, cache_root / "tokens", cache_root / "datasets",
+        return parallel_run.prepare_run(
+            comm, run_dir, model_options, options, cache_root / "tokens", cache_root / "datasets",
             encoding, tokenizer_progress,
         )  # fmt: skip
     finally:
@@ -296,7 +364,7 @@ def _gpt_prepare(training, run_dir: pathlib.Path, model_options: dict, options: 
         progress.close()
 
 
-def _gpt_train(training, run, run_dir: pathlib.Path, cache_root: pathlib.Path) -> None:
+def _gpt_train(training, comm, run, run_dir: pathlib.Path, cache_root: pathlib.Path) -> None:
     """The training loop of `femto train`, its progress lines and its Ctrl-C / SIGTERM handling."""
     import signal
     import threading
@@ -308,14 +376,18 @@ def _gpt_train(training, run, run_dir: pathlib.Path, cache_root: pathlib.Path) -
     from femto.sample import encode_prompt, generate
     from femto.throughput import flops_per_token
 
+    root = comm.rank == 0
     cfg, state = run.config, run.state
     if state.step >= cfg.steps:
+        if not root:
+            return
         click.echo(
             f"{run_dir} is at step {state.step} of --steps {cfg.steps}: nothing to train "
             f"(pass a larger --steps to continue)"
         )
         return
-    peak, peak_source = _peak_flops(cfg.device, cache_root)
+    # only rank 0 reports MFU: the others need no probe of the machine's peak
+    peak, peak_source = _peak_flops(cfg.device, cache_root) if root else (None, "")
     flops_token = flops_per_token(state.model)
     tty = sys.stdout.isatty()
     status = StatusLine(sys.stdout, tty)
@@ -324,14 +396,18 @@ def _gpt_train(training, run, run_dir: pathlib.Path, cache_root: pathlib.Path) -
         prompt, _ = encode_prompt(run.tokenizer, "", state.model.block_size)
     except TokenizerError as exc:
         prompt = None  # a vocabulary without a newline: checkpoints then come without samples
-        click.echo(f"notice: no samples at checkpoints ({exc})", err=True)
+        if root:
+            click.echo(f"notice: no samples at checkpoints ({exc})", err=True)
 
     def on_sigint(signum, frame):
         if stop.is_set():
             raise KeyboardInterrupt  # a second Ctrl-C: stop now, the last checkpoint stays
         stop.set()
         name = "SIGTERM" if signum == signal.SIGTERM else "interrupted"
-        click.echo(f"\n{name}: finishing this step and saving (Ctrl-C again to abort)", err=True)
+        if root:
+            click.echo(
+                f"\n{name}: finishing this step and saving (Ctrl-C again to abort)", err=True
+            )
 
     done: dict = {}
 
@@ -351,6 +427,12 @@ def _gpt_train(training, run, run_dir: pathlib.Path, cache_root: pathlib.Path) -
                 f"MFU: {flops_token / 1e6:,.2f} MFLOP per token (6N + 12LCT) against "
                 f"{peak / 1e9:,.1f} GFLOP/s ({peak_source})"
             )
+            if event["ranks"] > 1:
+                status.line(
+                    f"{event['ranks']} ranks: global batch {event['global_batch']} sequences = "
+                    f"{cfg.batch_size} x --grad-accum {cfg.grad_accum} x {event['ranks']} ranks; "
+                    + ", ".join(f"rank {r} pid {p}" for r, p in enumerate(event["processes"]))
+                )
         elif kind == "step":
             val = f"{event['val_loss']:.4f}" if event["val_loss"] is not None else "-"
             line = (
@@ -388,11 +470,14 @@ def _gpt_train(training, run, run_dir: pathlib.Path, cache_root: pathlib.Path) -
     previous = signal.signal(signal.SIGINT, on_sigint)
     previous_term = signal.signal(signal.SIGTERM, on_sigint)  # schedulers and `docker stop`
     try:
-        final = training.train(run, on_event, stop)
+        with _mpi_fail_fast(comm):
+            final = training.train(run, on_event, stop, comm)
     finally:
         signal.signal(signal.SIGINT, previous)
         signal.signal(signal.SIGTERM, previous_term)
         status.close()
+    if not root:
+        return
     for line in _train_summary(run_dir, final, done, flops_token, peak):
         click.echo(line)
 

@@ -740,6 +740,14 @@ def get_batch(
     return x, y
 
 
+def micro_batch_rng(seed: int, index: int) -> np.random.Generator:
+    """The generator of micro-batch `index` of a run's one global stream: its windows (get_batch),
+    then its dropout seeds, are drawn from it. Keyed by the index alone, so any process can draw any
+    micro-batch: a data-parallel rank takes its share of each step, and a resumed run, on any number
+    of processes, continues at the index it saved."""
+    return np.random.default_rng([seed, 1, index])
+
+
 def eval_windows(
     tokens: np.ndarray, block_size: int, batch_size: int, what: str = "the validation split"
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:

@@ -15,7 +15,7 @@ import contextlib
 import math
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -327,8 +327,15 @@ def _unit_seed(backend: Backend) -> Tensor:
     return one
 
 
-def backward(loss: Tensor, grad: Tensor | None = None) -> None:
-    """Accumulate d(loss)/d(leaf) into every leaf's .grad, then free the graph below `loss`."""
+def backward(
+    loss: Tensor, grad: Tensor | None = None, on_leaf_grad: Callable[[Tensor], None] | None = None
+) -> None:
+    """Accumulate d(loss)/d(leaf) into every leaf's .grad, then free the graph below `loss`.
+
+    `on_leaf_grad(leaf)` is called once per leaf as soon as its gradient is final: right after the
+    backward of the last op that reads it, not when the reverse walk reaches the leaf itself (which a
+    depth-first order may put after the whole network below it). A data-parallel run starts reducing
+    a gradient there, while the rest of backward still runs."""
     if grad is None:
         if loss.size != 1:
             raise ShapeError(
@@ -347,7 +354,14 @@ def backward(loss: Tensor, grad: Tensor | None = None) -> None:
     if loss.op is None:
         raise ShapeError("backward(): this tensor was not produced by a recorded op (no_grad?)")
     loss.grad = grad
-    for node in reversed(topological_order(loss)):
+    order = topological_order(loss)
+    readers: dict[int, int] = {}  # id(leaf) -> ops still to run backward that read it
+    if on_leaf_grad is not None:
+        for node in order:
+            for inp in node.op.inputs if node.op is not None else ():
+                if inp is not None and inp.requires_grad and inp.op is None:
+                    readers[id(inp)] = readers.get(id(inp), 0) + 1
+    for node in reversed(order):
         op = node.op
         if op is None:
             continue  # a leaf: its .grad is the result
@@ -364,6 +378,12 @@ def backward(loss: Tensor, grad: Tensor | None = None) -> None:
                         f"{type(op).__name__}.backward: gradient of shape {g.shape} "
                         f"for an input of shape {inp.shape}"
                     )
+        if readers:
+            for inp in op.inputs:
+                if inp is not None and id(inp) in readers:
+                    readers[id(inp)] -= 1
+                    if readers[id(inp)] == 0:
+                        on_leaf_grad(inp)
         # the graph is single-use: drop saved activations and intermediate gradients as we go
         node.op = None
         if node.grad is not None:

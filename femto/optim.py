@@ -4,8 +4,9 @@ The optimizer packs what it is given: the parameters of each weight-decay group 
 vectors do not) move into one contiguous buffer, their gradients into another, and the moments into
 two more; every parameter's `.data` and `.grad` become views into them. A step is then two kernel
 calls per group, whatever the number of parameters: one `sum_squares` and one `adamw_update` over the
-whole group (and a future data-parallel all-reduce has one gradient buffer to reduce). Views start
-at multiples of the backend's view_alignment; the gaps between them stay zero, which no update moves.
+whole group (and a data-parallel all-reduce, femto/distributed.py, has one gradient buffer per
+group to reduce, see packed()). Views start at multiples of the backend's view_alignment; the gaps
+between them stay zero, which no update moves.
 
 Kernel contracts (csrc/adamw.c, kernels/adamw.cl), all buffers flat with N elements:
   sum_squares(out (1,), inp (N,), N): out[0] += sum of inp^2, in a fixed order (thread-count independent).
@@ -43,6 +44,7 @@ class _Group:
             offsets[name] = size
             size += -(-max(p.size, 1) // align) * align  # the next view starts aligned
         self.size = size
+        self.offsets = offsets
         self.storage = {kind: backend.zeros(size) for kind in ("param", "grad", "m", "v")}
         # name -> {kind: Tensor viewing that kind's storage}
         self.views: dict[str, dict[str, Tensor]] = {}
@@ -96,6 +98,12 @@ class AdamW:
         # sum of squares of every gradient, on the device
         self._sumsq = Tensor.zeros((1,), backend) if backend is not None else None
         self._last_divisor = 1.0
+
+    def packed(self) -> list[dict]:
+        """Each weight-decay group's packed storage, for code that moves whole buffers (a
+        data-parallel all-reduce or broadcast): {"param", "grad", "m", "v": buffer, "size": N,
+        "offsets": {name: offset, in packing order}}. Offsets are multiples of view_alignment."""
+        return [{**g.storage, "size": g.size, "offsets": dict(g.offsets)} for g in self._groups]
 
     def grad_norm(self) -> float:
         """L2 norm of the gradients the last step() used (divided by its grad_divisor, before

@@ -1,9 +1,10 @@
 """Training: TrainConfig, preparing or resuming a run, and the loop (AdamW, warm-up + cosine, eval, saves).
 
 `prepare_run` does every check that can fail on user input before anything is written; `train` then
-runs on the backend the config names and reports through a callback, never by printing. It knows one
-process: the single place where gradients are complete (before `optimizer.step`) is where a
-data-parallel all-reduce belongs.
+runs on the backend the config names and reports through a callback, never by printing. Given a
+communicator of several ranks (femto.distributed), `train` is data-parallel: each rank takes its share
+of every step's micro-batches from one global stream, gradients are summed over ranks before the
+update, and rank 0 alone writes the run directory.
 """
 
 from __future__ import annotations
@@ -19,19 +20,21 @@ from dataclasses import asdict, dataclass, fields, replace
 import numpy as np
 
 from femto import checkpoint as ckpt
-from femto.backend.base import get_backend, parse_device_spec
+from femto.backend.base import KernelPlan, parse_device_spec
 from femto.data import (
     check_windows,
     encode_corpus,
     get_batch,
+    micro_batch_rng,
     resolve_corpus,
     train_tokenizer,
     train_val_split,
 )
+from femto.distributed import Communicator, SingleProcess
 from femto.divergence import DivergenceGuard
 from femto.errors import CheckpointError, ConfigError, TrainingDiverged
 from femto.fileio import remove_stale_temporaries
-from femto.graph import Tensor, no_grad
+from femto.graph import Tensor, backward, no_grad
 from femto.memory_estimate import check_fits, training_bytes
 from femto.model import GPT, GPTConfig
 from femto.optim import AdamW
@@ -43,6 +46,8 @@ logger = logging.getLogger(__name__)
 VAL_FRACTION = 0.1
 # options that define what a run is: changing them on resume would silently train something else
 RUN_IDENTITY = ("data", "tokenizer", "vocab", "sp_model_type", "seed")
+# config.json's "train" also records what a run's rank count made of the options (not options)
+DERIVED = ("ranks", "global_batch")
 
 
 @dataclass(frozen=True)
@@ -128,7 +133,7 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> TrainConfig:
         """From config.json's "train"; keys this version does not know are ignored with a warning."""
         names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
+        unknown = sorted(set(d) - names - set(DERIVED))
         if unknown:
             logger.warning("ignoring unknown training options in config.json: %s", unknown)
         return cls(**{k: v for k, v in d.items() if k in names})
@@ -270,19 +275,30 @@ class TrainStep:
     dropout seeds drawn from `rng` as the graph would draw them, and replayed: the graph's per-op
     Python (a tenth of a small model's step) is paid once. The optimizer stays outside, since its
     learning rate and step count change every step.
+
+    The capture also notes, per parameter, how many launches it had made when that parameter's
+    gradient became final. Given a reducer (femto.distributed.GradientReducer), a replay is cut
+    there: each gradient bucket's all-reduce starts as soon as the launches that write it are done,
+    while the rest of backward still runs.
     """
 
     def __init__(self, model: GPT):
         self.model = model
-        # (B, T) -> (ids, targets, dropout seeds or None, loss, plan) of that shape's capture
+        # (B, T) -> (ids, targets, dropout seeds or None, loss, plan, ready) of that shape's capture;
+        # ready: parameter name -> number of the plan's calls after which its gradient is final
         self._captures: dict[tuple[int, ...], tuple] = {}
+        # (B, T) -> (reducer, [(part of the plan, buckets final after it)]) for reducing replays
+        self._schedules: dict[tuple[int, ...], tuple] = {}
         self._buffers: list = []  # the parameters' data and gradient buffers the captures use
 
     def _parameter_buffers(self) -> list:
         return [b for p in self.model.params.values() for b in (p.data, p.grad)]
 
-    def __call__(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> float:
-        """The mean loss of batch x (B, T) against targets y, after adding its gradients."""
+    def __call__(
+        self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator, reducer=None
+    ) -> float:
+        """The mean loss of batch x (B, T) against targets y, after adding its gradients; with a
+        reducer, every gradient bucket's all-reduce has been started when it returns."""
         model, backend = self.model, self.model.backend
         buffers = self._parameter_buffers()
         if len(buffers) != len(self._buffers) or any(
@@ -291,9 +307,10 @@ class TrainStep:
             # new parameter or gradient buffers (an optimizer packed them after a capture, or a
             # gradient was dropped): the plans would update the old ones, so capture afresh
             self._captures.clear()
+            self._schedules.clear()
         captured = self._captures.get(x.shape)
         if captured is not None:
-            ids, targets, seeds, loss, plan = captured
+            ids, targets, seeds, loss, plan, ready = captured
             ids.copy_from_numpy(x)
             targets.copy_from_numpy(y)
             V = model.config.vocab_size
@@ -301,35 +318,84 @@ class TrainStep:
                 draws = model.dropout_seeds(rng)
                 if seeds is not None:
                     seeds.copy_from_numpy(draws)
-                backend.replay(plan)
+                if reducer is None:
+                    backend.replay(plan)
+                else:
+                    for part, buckets in self._schedule(x.shape, plan, ready, reducer):
+                        backend.replay(part)
+                        for index in buckets:
+                            reducer.start(index)
+                        reducer.progress()
                 return loss.item()
             # an id out of range: the graph's ops reject it, with the message that names it
             _, loss = model(x, y, rng)
             loss.backward()
             return loss.item()
         ids, targets = Tensor.from_numpy(x, backend), Tensor.from_numpy(y, backend)
+        names = {id(p): name for name, p in model.params.items()}
+        ready: dict[str, int] = {}
         with backend.capture() as plan:
             _, loss = model(ids, targets, rng)
-            loss.backward()
-        self._captures[x.shape] = (ids, targets, model.step_seeds, loss, plan)
+            backward(loss, on_leaf_grad=lambda leaf: ready.update({names.get(id(leaf)): len(plan)}))
+        self._captures[x.shape] = (ids, targets, model.step_seeds, loss, plan, ready)
         self._buffers = self._parameter_buffers()  # after backward: it may have made gradients
+        if reducer is not None:
+            reducer.start_all()
         return loss.item()
+
+    def _schedule(self, shape: tuple[int, ...], plan: KernelPlan, ready: dict, reducer) -> list:
+        """The capture cut into consecutive parts, each with the buckets final after it."""
+        cached = self._schedules.get(shape)
+        if cached is not None and cached[0] is reducer:
+            return cached[1]
+        final_at: dict[int, list[int]] = {}
+        for index, bucket in enumerate(reducer.buckets):
+            at = max(ready.get(name, len(plan)) for name in bucket.names)
+            final_at.setdefault(at, []).append(index)
+        schedule, begin = [], 0
+        for end in sorted(final_at):
+            part = KernelPlan()  # a slice of the calls; `plan` itself keeps their buffers alive
+            part.calls = plan.calls[begin:end]
+            schedule.append((part, final_at[end]))
+            begin = end
+        if begin < len(plan):
+            tail = KernelPlan()
+            tail.calls = plan.calls[begin:]
+            schedule.append((tail, []))
+        self._schedules[shape] = (reducer, schedule)
+        return schedule
 
 
 def estimate_loss(
     model: GPT, tokens: np.ndarray, cfg: TrainConfig, block_size: int, seed_offset: int = 2,
-    what: str = "the validation split",
+    what: str = "the validation split", comm: Communicator | None = None,
 ) -> float:  # fmt: skip
     """Mean loss over cfg.eval_batches random batches drawn from a generator seeded afresh each time:
-    every evaluation of a run sees the same windows, so successive values are comparable."""
+    every evaluation of a run sees the same windows, so successive values are comparable. With
+    several ranks each evaluates every size-th batch (all draw all of them, so the windows do not
+    depend on the rank count) and the sum goes round."""
+    comm = comm or SingleProcess()
     rng = np.random.default_rng([cfg.seed, seed_offset])
     total = 0.0
     with no_grad():
-        for _ in range(cfg.eval_batches):
+        for index in range(cfg.eval_batches):
             x, y = get_batch(tokens, cfg.batch_size, block_size, rng, what)
-            _, loss = model(x, y)
-            total += loss.item()
+            if index % comm.size == comm.rank:
+                _, loss = model(x, y)
+                total += loss.item()
+    if comm.size > 1:
+        total = float(comm.allreduce_sum(np.array([total]))[0])
     return total / cfg.eval_batches
+
+
+def stream_position(state: ckpt.RunState) -> int:
+    """The global index of the run's next micro-batch. A run saved before the stream was global
+    (its "rng" holds a generator state) continues after the micro-batches its tokens_seen counts."""
+    position = state.rng.get("micro_batches")
+    if isinstance(position, int) and not isinstance(position, bool) and position >= 0:
+        return position
+    B = TrainConfig.from_dict(state.train).batch_size
+    return state.tokens_seen // (B * state.model.block_size)
 
 
 Event = dict  # {"kind": "step" | "eval" | "checkpoint" | "done", ...}; see train()
@@ -339,52 +405,69 @@ def train(
     run: Run,
     on_event: Callable[[Event], None] | None = None,
     stop: threading.Event | None = None,
+    comm: Communicator | None = None,
+    overlap: bool = True,
 ) -> ckpt.RunState:
     """Train run.config.steps steps in total (resuming at run.state.step); returns the final state.
 
-    Events: "start" (device, params, step, steps, resumed, elapsed_s of earlier sessions); "step"
-    after each step (step, steps, loss, lr, dt_ms, tokens, tokens_per_s, elapsed_s and eta_s over
-    every session, val_loss = the last measured, and grad_norm on logged steps); "eval" (step,
-    train_loss and val_loss, each the mean of eval_batches batches, avg_tokens_per_s, eval_s);
-    "checkpoint" after each save (step, model, tokenizer, for a sample); "done" (step, stopped,
-    timing: femto.timing.Totals over every session, tokens_seen). Setting `stop` ends the loop after
-    the current step with a checkpoint. Evaluation and checkpoint durations (with whatever the
-    checkpoint callback does, such as sampling) are measured and counted in the ETA.
+    Events: "start" (device, params, step, steps, resumed, elapsed_s of earlier sessions, ranks,
+    global_batch, processes: 'pid@host' per rank); "step" after each step (step, steps, loss, lr,
+    dt_ms, tokens, tokens_per_s, elapsed_s and eta_s over every session, val_loss = the last
+    measured, and grad_norm on logged steps); "eval" (step, train_loss and val_loss, each the mean
+    of eval_batches batches, avg_tokens_per_s, eval_s); "checkpoint" after each save (step, model,
+    tokenizer, for a sample); "skip" (step, reason) when the divergence guard skipped an update;
+    "done" (step, stopped, timing: femto.timing.Totals over every session, tokens_seen). Setting
+    `stop` ends the loop after the current step with a checkpoint. Evaluation and checkpoint
+    durations (with whatever the checkpoint callback does, such as sampling) are measured and
+    counted in the ETA. A state that diverged is never saved: TrainingDiverged says which step and
+    why.
+
+    With `comm` of N ranks (every rank calls train with the same run): the global batch is
+    batch_size x grad_accum x N micro-batches; rank r takes micro-batches r*grad_accum ..
+    (r+1)*grad_accum - 1 of each step; gradients are summed over ranks (`overlap`: bucket by bucket
+    during backward, else in one blocking all-reduce at the end) and divided by the micro-batch
+    count; the loss is the global mean; a stop on any rank stops all after the same step. Rank 0
+    alone writes files and emits events; the others wait for it at each save.
     """
     cfg, state, run_dir = run.config, run.state, run.run_dir
-    emit = on_event or (lambda event: None)
-    backend = get_backend(cfg.device)
+    comm = comm or SingleProcess()
+    root, ranks = comm.rank == 0, comm.size
+    emit = on_event if on_event is not None and root else (lambda event: None)
+    backend = comm.backend(cfg.device)
     model = GPT(state.model, backend, np.random.default_rng(cfg.seed))
     optimizer = AdamW(
         model.params, cfg.lr, (cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
         grad_clip=cfg.grad_clip,
     )  # fmt: skip
     micro_step = TrainStep(model)
-    # one generator drives the batches and dropout seeds; its state is saved with each checkpoint
-    data_rng = np.random.default_rng([cfg.seed, 1])
     if run.resumed:
         model.load_numpy(run.weights, str(run_dir / ckpt.MODEL_FILE))
         optimizer.load_state_arrays(
             run.optimizer_state, state.step, str(run_dir / ckpt.OPTIMIZER_FILE)
         )
-        if "data" in state.rng:
-            data_rng.bit_generator.state = state.rng["data"]
+    # the global index of the next micro-batch: where the stream resumes, whatever the rank count
+    next_micro_batch = stream_position(state)
+    reducer = comm.gradient_reducer(backend, optimizer.packed(), overlap)
+    B, T, accum = cfg.batch_size, state.model.block_size, cfg.grad_accum
+    derived = {"ranks": ranks, "global_batch": B * accum * ranks}
+    _check_identical(comm, optimizer, f"at the start (step {state.step})")
     # ---- timing (issue 13): totals carried over from earlier sessions of this run ----
     timer = RunTimer(state.timing if run.resumed else None)
     emit({
         "kind": "start", "device": backend.device_name, "params": state.model.num_params(),
-        "step": state.step, "steps": cfg.steps, "resumed": run.resumed,
-        "elapsed_s": timer.before.wall_s,
+        "step": state.step, "steps": cfg.steps, "resumed": run.resumed, **derived,
+        "processes": comm.processes(), "elapsed_s": timer.before.wall_s,
     })  # fmt: skip
-    remove_stale_temporaries(run_dir)  # left by a femto killed while writing here
-    ckpt.truncate_metrics(run_dir, state.step)
-    tokenizer_description = save_tokenizer(run.tokenizer, run_dir)
+    if root:
+        remove_stale_temporaries(run_dir)  # left by a femto killed while writing here
+        ckpt.truncate_metrics(run_dir, state.step)
+        tokenizer_description = save_tokenizer(run.tokenizer, run_dir)
 
-    B, T, accum = cfg.batch_size, state.model.block_size, cfg.grad_accum
-    tokens_per_step = B * T * accum
+    tokens_per_step = B * T * accum * ranks
     last_val = state.best_val_loss if run.resumed else None
     saved_step = state.step if run.resumed else -1
     t_start = time.perf_counter()
+    stopped = False
 
     # ---- divergence guard (femto/divergence.py): skip bad steps, never save a diverged state ----
     guard = DivergenceGuard(model, optimizer, run.train_tokens, B, cfg.seed)
@@ -392,34 +475,50 @@ def train(
     def save() -> None:
         nonlocal saved_step
         t_save = time.perf_counter()
-        problem = guard.state_problem()
+        problem = guard.state_problem()  # every rank holds the same state, so all agree here
         if problem is not None:
             kept = f"step {saved_step}" if saved_step >= 0 else "no checkpoint"
             raise TrainingDiverged(
                 f"training diverged at step {state.step}: {problem}; not saved, {run_dir} keeps "
                 f"{kept} (lower --lr, now {cfg.lr})"
             )
-        state.rng = {"data": data_rng.bit_generator.state}
-        state.tokenizer = tokenizer_description
-        state.train = cfg.to_dict()
+        _check_identical(comm, optimizer, f"at step {state.step}")
+        state.rng = {"micro_batches": next_micro_batch}
+        state.train = {**cfg.to_dict(), **derived}
         state.timing = timer.to_dict(time.perf_counter() - t_start)
-        ckpt.save_checkpoint(run_dir, model.to_numpy(), optimizer.state_arrays(), state)
+        if root:
+            state.tokenizer = tokenizer_description
+            ckpt.save_checkpoint(run_dir, model.to_numpy(), optimizer.state_arrays(), state)
+            emit({
+                "kind": "checkpoint", "step": state.step, "model": model, "tokenizer": run.tokenizer
+            })  # fmt: skip
+        comm.barrier()  # the others wait for the files (and the sample) before going on
         saved_step = state.step
-        emit({"kind": "checkpoint", "step": state.step, "model": model, "tokenizer": run.tokenizer})
         timer.add_checkpoint(time.perf_counter() - t_save)
 
     while state.step < cfg.steps:
         t0 = time.perf_counter()
         lr = lr_at(state.step, cfg)
         loss_sum = 0.0
-        for _ in range(accum):
-            x, y = get_batch(run.train_tokens, B, T, data_rng)  # (B, T) each
-            loss_sum += micro_step(x, y, data_rng)
-        loss_value = loss_sum / accum
-        # gradients are complete here: a data-parallel run would all-reduce them at this point and
-        # pass grad_divisor = accum * world_size
+        first = next_micro_batch + comm.rank * accum
+        for i in range(accum):
+            rng = micro_batch_rng(cfg.seed, first + i)  # its windows, then its dropout seeds
+            x, y = get_batch(run.train_tokens, B, T, rng)  # (B, T) each
+            # the last micro-batch completes this rank's gradients: reduce them as they finish
+            loss_sum += micro_step(x, y, rng, reducer if i == accum - 1 else None)
+        next_micro_batch += accum * ranks
+        stopping = stop is not None and stop.is_set()
+        if reducer is not None:
+            # one small collective per step: the global loss, and whether any rank was asked to stop
+            loss_sum, votes = comm.allreduce_sum(np.array([loss_sum, float(stopping)]))
+            stopping = votes > 0
+            reducer.finish()
+        loss_value = loss_sum / (accum * ranks)
+        # the loss and the reduced gradients are the same on every rank: so is the guard's verdict
         problem = guard.loss_problem(loss_value)
-        if problem is None and not optimizer.step(lr, grad_divisor=accum, skip_nonfinite=True):
+        if problem is None and not optimizer.step(
+            lr, grad_divisor=accum * ranks, skip_nonfinite=True
+        ):
             problem = "gradient norm is not finite"
         model.zero_grad()
         if problem is None:
@@ -440,8 +539,10 @@ def train(
             t_eval = time.perf_counter()
             # the training split measured like the validation split (same batches each time, no
             # dropout): the two losses compare, which the noisy per-step loss does not
-            train_loss = estimate_loss(model, run.train_tokens, cfg, T, 3, "the training split")
-            val_loss = estimate_loss(model, run.val_tokens, cfg, T)
+            train_loss = estimate_loss(
+                model, run.train_tokens, cfg, T, 3, "the training split", comm=comm
+            )
+            val_loss = estimate_loss(model, run.val_tokens, cfg, T, comm=comm)
             timer.add_eval(time.perf_counter() - t_eval)
             last_val = val_loss
             if state.best_val_loss is None or val_loss < state.best_val_loss:
@@ -466,7 +567,7 @@ def train(
         if problem is not None:
             record["skipped"] = True
         logged = state.step % cfg.log_every == 0 or val_loss is not None or state.step == cfg.steps
-        if logged or problem is not None:
+        if (logged or problem is not None) and root:
             if problem is None:
                 record["grad_norm"] = optimizer.grad_norm()  # read back on logged steps only
             finite = math.isfinite(loss_value)  # JSON has no NaN: a skipped bad loss is null
@@ -480,15 +581,25 @@ def train(
             "avg_tokens_per_s": tokens_per_step / avg_step if avg_step > 0 else 0.0,
         })  # fmt: skip
 
-        stopping = stop is not None and stop.is_set()
+        if ranks == 1:
+            stopping = stop is not None and stop.is_set()  # one process: a stop during eval counts
         if state.step % cfg.save_every == 0 or state.step == cfg.steps or stopping:
             save()
         if stopping:
+            stopped = True
             break
     if saved_step != state.step:
         save()  # e.g. resumed a finished run: make sure the files say what the state says
     emit({
-        "kind": "done", "step": state.step, "stopped": stop is not None and stop.is_set(),
+        "kind": "done", "step": state.step, "stopped": stopped,
         "timing": timer.total(time.perf_counter() - t_start), "tokens_seen": state.tokens_seen,
     })  # fmt: skip
     return state
+
+
+def _check_identical(comm: Communicator, optimizer: AdamW, when: str) -> None:
+    """Stop the run if the ranks' parameters differ (they are updated identically, so they never
+    should: a difference means hosts whose femto builds or devices compute differently)."""
+    if comm.size > 1:
+        backend = optimizer.params[next(iter(optimizer.params))].backend
+        comm.check_identical([backend.to_numpy(g["param"]) for g in optimizer.packed()], when)

@@ -59,7 +59,11 @@ TABLE = [
         ["femto.model", "femto.optim", "femto.ops", "femto.ops.*", "femto.graph", "femto.data"],
     ),
     ("femto.timing", []),  # stdlib arithmetic on durations: the ETA and the run's time totals
-    ("femto.train", [*BELOW_TRAIN, "femto.timing"]),
+    # data-parallel communication beside optim: buffers of a backend, never a model (issue 10)
+    ("femto.distributed", ["femto.backend.base", "femto.backend.opencl"]),
+    ("femto.train", [*BELOW_TRAIN, "femto.timing", "femto.distributed"]),
+    # prepares one run on every rank: above train, below cli
+    ("femto.parallel_run", ["femto.train", "femto.distributed", *BELOW_TRAIN]),
     ("femto.sample", BELOW_TRAIN),
     ("femto.evaluate", BELOW_TRAIN),  # not in STYLE.md's table yet: `femto eval` sits beside sample
     ("femto.throughput", BELOW_TRAIN),  # FLOPs per token and the matmul peak probe, for MFU
@@ -70,6 +74,8 @@ TABLE = [
         "femto.cli",
         [
             "femto.train",
+            "femto.parallel_run",
+            "femto.distributed",
             "femto.sample",
             "femto.evaluate",
             "femto.tokenizers",
@@ -96,6 +102,7 @@ LAZY_ONLY = {
     "sentencepiece": "femto.tokenizers.*",
     "plotext": "femto.plot",
     "matplotlib": "femto.plot",
+    "mpi4py": "femto.distributed",  # only under mpiexec -n N>1: a plain run never loads MPI
 }
 
 
