@@ -187,7 +187,8 @@ class RunState:
     step: int = 0
     tokens_seen: int = 0
     best_val_loss: float | None = None
-    rng: dict = field(default_factory=dict)  # name -> numpy bit_generator.state (JSON)
+    # "micro_batches": the data stream's next global micro-batch; older runs: a generator's state
+    rng: dict = field(default_factory=dict)
     tokenizer: dict = field(default_factory=dict)  # the tokenizer's save() description
     timing: dict = field(default_factory=dict)  # seconds spent so far (femto.timing.Totals)
 
@@ -360,7 +361,13 @@ def load_state(run_dir: pathlib.Path) -> RunState:
     if best is not None and (isinstance(best, bool) or not isinstance(best, (int, float))):
         raise CheckpointError(f'{shown}: "best_val_loss" must be a number or null, got {best!r}')
     for name, value in raw["rng"].items():
-        _check_rng_state(value, f'{shown}: "rng" entry {name!r}')
+        if name == "micro_batches":  # the data stream's position (a count since issue 10)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise CheckpointError(
+                    f'{shown}: "rng" entry "micro_batches" must be a count >= 0, got {value!r}'
+                )
+            continue
+        _check_rng_state(value, f'{shown}: "rng" entry {name!r}')  # a run saved before that
     for key in ("data", "tokenizer", "device"):  # read by sample, eval and tokenize stats too
         if key in raw["train"] and not isinstance(raw["train"][key], str):
             raise CheckpointError(

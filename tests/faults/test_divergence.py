@@ -73,8 +73,8 @@ def test_a_bad_step_is_skipped_and_training_goes_on(work, tmp_path, monkeypatch)
     real_call = femto.train.TrainStep.__call__
     calls = []
 
-    def one_nan(self, x, y, rng):
-        loss = real_call(self, x, y, rng)
+    def one_nan(self, x, y, rng, *reducer):
+        loss = real_call(self, x, y, rng, *reducer)
         calls.append(loss)
         return float("nan") if len(calls) == 3 else loss
 
@@ -98,8 +98,8 @@ def test_a_run_with_a_skipped_step_resumes_bit_exactly(work, tmp_path, monkeypat
     real_call, real_get_batch = femto.train.TrainStep.__call__, femto.train.get_batch
     calls, batches = [], []
 
-    def one_nan(self, x, y, rng):  # the first step after the good run's 6 is bad
-        loss = real_call(self, x, y, rng)
+    def one_nan(self, x, y, rng, *reducer):  # the first step after the good run's 6 is bad
+        loss = real_call(self, x, y, rng, *reducer)
         calls.append(loss)
         return float("nan") if len(calls) == 1 else loss
 
@@ -130,7 +130,7 @@ def test_many_bad_steps_in_a_row_stop_with_one_line(work, tmp_path, monkeypatch)
     _, corpus, env, good, _ = work
     run = copy_run(good, tmp_path / "run")
     before = checkpoint_bytes(run)
-    monkeypatch.setattr(femto.train.TrainStep, "__call__", lambda self, x, y, rng: float("inf"))
+    monkeypatch.setattr(femto.train.TrainStep, "__call__", lambda self, x, y, rng, *reducer: float("inf"))
     args = ["train", "--data", corpus, "--out", run, *TINY, "--steps", "40", "--save-every", "2"]
     result = invoke(args, env)
     assert result.exit_code == 1
