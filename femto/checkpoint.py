@@ -25,6 +25,7 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 JOURNAL_FILE = ".checkpoint-commit.json"
+BEST_DIR = "best"  # --keep-best: the lowest-val-loss checkpoint, a run directory inside the run
 CHECKPOINT_FILES = (MODEL_FILE, OPTIMIZER_FILE, CONFIG_FILE)
 MAX_HEADER_BYTES = 100_000_000  # the safetensors reference implementation's limit
 _F32 = np.dtype("<f4")

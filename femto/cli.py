@@ -46,6 +46,101 @@ def data() -> None:
     """List and fetch corpora."""
 
 
+# ---- config files, best checkpoints, exact bytes, export (the trainer-UX issue, part B) ----
+
+
+def _ux_option_kind(param: click.Parameter):
+    """What a config-file value for this click option must be: bool, int, float, str or choices."""
+    if isinstance(param, click.Option) and param.is_flag:
+        return bool
+    if isinstance(param.type, click.Choice):
+        return tuple(param.type.choices)
+    return {click.INT: int, click.FLOAT: float}.get(param.type, str)
+
+
+def _ux_apply_config_file(ctx: click.Context, path: str, out: str, options: dict) -> str:
+    """Fill `options` (and return --out) from the TOML file, except where the command line gave a
+    value: the command line wins."""
+    from femto.config_file import read_config_file
+
+    kinds = {
+        p.name: _ux_option_kind(p)
+        for p in ctx.command.params
+        if p.name not in ("config_file", "help") and isinstance(p, click.Option)
+    }
+    values = read_config_file(pathlib.Path(path), kinds)
+    for name, value in values.items():
+        if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE:
+            continue
+        if name == "out":
+            out = value
+        else:
+            options[name] = value
+    return out
+
+
+def _ux_run_checkpoint(out: str, checkpoint: str) -> pathlib.Path:
+    """The run directory of --checkpoint latest (the run itself) or best (its --keep-best copy)."""
+    from femto.checkpoint import BEST_DIR, CONFIG_FILE
+    from femto.errors import CheckpointError
+
+    run_dir = pathlib.Path(out)
+    if checkpoint == "latest":
+        return run_dir
+    best = run_dir / BEST_DIR
+    if not (best / CONFIG_FILE).is_file() and (run_dir / CONFIG_FILE).is_file():
+        raise CheckpointError(
+            f"{run_dir} has no best checkpoint ({best} is missing): train it with --keep-best, "
+            "or use --checkpoint latest"
+        )
+    return best
+
+
+_ux_checkpoint_option = click.option(
+    "--checkpoint",
+    type=click.Choice(["latest", "best"]),
+    default="latest",
+    show_default=True,
+    help="The run's last checkpoint, or the lowest-val-loss one that --keep-best kept in OUT/best/.",
+)
+
+
+def _ux_write_text(text: str, output: str | None) -> None:
+    """Decoded text to --output (atomically, exact bytes) or to stdout (a newline only on a terminal)."""
+    from femto.errors import ConfigError
+    from femto.fileio import write_atomic
+
+    data = text.encode("utf-8", "surrogatepass")
+    if output is None:
+        stream = click.get_binary_stream("stdout")
+        stream.write(data + (b"\n" if sys.stdout.isatty() else b""))
+        stream.flush()
+        return
+    path = pathlib.Path(output)
+    if path.is_dir():
+        raise ConfigError(f"--output {path} is a directory: give a file name")
+    if not path.parent.is_dir():
+        raise ConfigError(f"--output {path}: directory {path.parent} does not exist")
+    write_atomic(path, data)
+
+
+def _ux_read_prompt_file(path: str) -> str:
+    from femto.errors import ConfigError
+
+    try:
+        raw = pathlib.Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"--prompt-file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"--prompt-file {path} is a directory, not a text file") from None
+    except OSError as exc:
+        raise ConfigError(f"--prompt-file {path} cannot be read: {exc.strerror}") from None
+    try:
+        return raw.decode("utf-8")  # bytes exactly: no newline translation
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"--prompt-file {path} is not UTF-8 (byte {exc.start:,})") from None
+
+
 # ---- train / sample / eval / tokenize encode|decode (the GPT issue) ----
 
 
@@ -120,8 +215,29 @@ _GPT_MODEL_FIELDS = ("block_size", "n_layer", "n_head", "n_embd", "dropout", "bi
 @_gpt_option("--log-every", "log_every", "Steps between metrics lines.", type=int)
 @_gpt_option("--sample-tokens", "sample_tokens", "Sample length at checkpoints.", type=int)
 @_gpt_option("--seed", "seed", "Seed for init, batches and dropout.", type=int)
+@click.option(
+    "--lr-decay-steps", type=int,
+    help="Step at which the cosine decay reaches --min-lr (min-lr after it); extend a run with a "
+    "larger --steps without re-stretching its schedule. [default: --steps]",
+)  # fmt: skip
+@click.option(
+    "--keep-best/--no-keep-best", default=None,
+    help="Also keep the checkpoint with the lowest val loss, in OUT/best/ (sample or eval it with "
+    "--checkpoint best).",
+)  # fmt: skip
+@click.option(
+    "--init-from", metavar="RUN",
+    help="Start a new run from the weights of the run in directory RUN (fine-tuning): its model "
+    "shape and tokenizer, this run's corpus and schedule.",
+)  # fmt: skip
+@click.option(
+    "--config", "config_file", metavar="FILE",
+    help="TOML file of train options (keys are the option names, e.g. batch-size = 32); options "
+    "given on the command line win. The resolved options are stored in OUT/config.json.",
+)  # fmt: skip
+@click.pass_context
 @user_errors
-def train(out: str, **options) -> None:
+def train(ctx: click.Context, out: str, config_file: str | None, **options) -> None:
     """Train a GPT, or resume the run in --out. Ctrl-C finishes the step, saves and exits."""
     import signal
     import threading
@@ -132,6 +248,8 @@ def train(out: str, **options) -> None:
     from femto.errors import TokenizerError
     from femto.sample import encode_prompt, generate
 
+    if config_file is not None:
+        out = _ux_apply_config_file(ctx, config_file, out, options)
     model_options = {k: options.pop(k) for k in _GPT_MODEL_FIELDS}
     run_dir = pathlib.Path(out)
     cache_root = _gpt_cache_root()
@@ -144,6 +262,8 @@ def train(out: str, **options) -> None:
     finally:
         if progress is not None:
             progress.close()
+    for notice in run.notices:
+        click.echo(f"notice: {notice}", err=True)
     cfg, state = run.config, run.state
     if state.step >= cfg.steps:
         click.echo(
@@ -188,6 +308,12 @@ def train(out: str, **options) -> None:
                 click.echo("\r\033[K" + line, nl=False)
             elif event["step"] % cfg.log_every == 0 or event["step"] == event["steps"]:
                 click.echo(line)
+        elif kind == "best":
+            prefix = "\n" if tty else ""
+            click.echo(
+                f"{prefix}best val loss {event['val_loss']:.4f} at step {event['step']}: "
+                f"saved to {event['dir']}"
+            )
         elif kind == "checkpoint":
             prefix = "\n" if tty else ""
             if prompt is None or cfg.sample_tokens == 0:
@@ -220,10 +346,14 @@ def train(out: str, **options) -> None:
 @click.option("--num-samples", default=1, show_default=True, type=int)
 @click.option("--device", default="cpu", show_default=True, help="cpu, opencl or opencl:P:D.")
 @click.option("--no-cache", is_flag=True, help="Recompute the whole context per token (slow).")
+@click.option(
+    "--prompt-file", metavar="FILE", help="Continue the UTF-8 text of FILE (instead of --prompt)."
+)
+@_ux_checkpoint_option
 @user_errors
 def sample(
     out: str, prompt: str, tokens: int, temperature: float, top_k: int, seed: int,
-    num_samples: int, device: str, no_cache: bool,
+    num_samples: int, device: str, no_cache: bool, prompt_file: str | None, checkpoint: str,
 ) -> None:  # fmt: skip
     """Generate text from a trained run, streamed as it is produced."""
     import numpy as np
@@ -236,7 +366,11 @@ def sample(
     if top_k < 0:
         raise ConfigError(f"--top-k must be >= 0 (0 keeps every token), got {top_k}")
     check_sampling(temperature, top_k or None, tokens)
-    loaded = load_run(pathlib.Path(out), device)
+    if prompt_file is not None:
+        if prompt:
+            raise ConfigError("give --prompt or --prompt-file, not both")
+        prompt = _ux_read_prompt_file(prompt_file)
+    loaded = load_run(_ux_run_checkpoint(out, checkpoint), device)
     ids, notice = encode_prompt(loaded.tokenizer, prompt, loaded.model.config.block_size)
     if notice:
         click.echo(f"notice: {notice}", err=True)
@@ -265,8 +399,11 @@ def sample(
 )  # fmt: skip
 @click.option("--batch-size", default=32, show_default=True, type=int, help="Windows per batch.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, opencl or opencl:P:D.")
+@_ux_checkpoint_option
 @user_errors
-def evaluate_command(out: str, data: str | None, split: str, batch_size: int, device: str) -> None:
+def evaluate_command(
+    out: str, data: str | None, split: str, batch_size: int, device: str, checkpoint: str
+) -> None:
     """Mean cross-entropy (nats/token) and perplexity of a run's model on a corpus."""
     from femto.data import encode_corpus, resolve_corpus, train_val_split
     from femto.errors import ConfigError
@@ -276,7 +413,7 @@ def evaluate_command(out: str, data: str | None, split: str, batch_size: int, de
 
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be a positive integer, got {batch_size}")
-    loaded = load_run(pathlib.Path(out), device)
+    loaded = load_run(_ux_run_checkpoint(out, checkpoint), device)
     cache_root = _gpt_cache_root()
     corpus = resolve_corpus(
         data or loaded.state.train.get("data", "shakespeare"), cache_root / "datasets"
@@ -317,7 +454,7 @@ def encode(out: str, file_: str | None, text: str | None) -> None:
         raise TokenizerError("give exactly one of TEXT or --file FILE to encode")
     if file_ is not None:
         try:
-            text = pathlib.Path(file_).read_text(encoding="utf-8")
+            text = pathlib.Path(file_).read_bytes().decode("utf-8")  # no newline translation
         except FileNotFoundError:
             raise TokenizerError(f"--file {file_} does not exist") from None
         except UnicodeDecodeError as exc:
@@ -330,10 +467,17 @@ def encode(out: str, file_: str | None, text: str | None) -> None:
 @click.option(
     "--out", default="out", show_default=True, help="Run directory whose tokenizer to use."
 )
+@click.option(
+    "--output", "output", metavar="FILE",
+    help="Write the text to FILE as UTF-8, byte for byte (nothing added).",
+)  # fmt: skip
 @click.argument("ids", nargs=-1, required=True)
 @user_errors
-def decode(out: str, ids: tuple[str, ...]) -> None:
-    """Print the text of token IDS (integers, separated by spaces or commas) with a run's tokenizer."""
+def decode(out: str, output: str | None, ids: tuple[str, ...]) -> None:
+    """Print the text of token IDS (integers, separated by spaces or commas) with a run's tokenizer.
+
+    A newline is added only when stdout is a terminal, so `decode ... > file` holds exactly the text.
+    """
     from femto.errors import TokenizerError
 
     tokenizer = _gpt_run_tokenizer(out)
@@ -348,7 +492,7 @@ def decode(out: str, ids: tuple[str, ...]) -> None:
                 f"token id {value} is outside the vocabulary: ids must be in [0, {tokenizer.vocab_size - 1}]"
             )
         values.append(value)
-    click.echo(tokenizer.decode(values))
+    _ux_write_text(tokenizer.decode(values), output)
 
 
 # ---- tokenize train|stats, data list|fetch (the tokenizers issue) ----
@@ -653,3 +797,4 @@ def devices(as_json: bool) -> None:
             f"{mark} {spec:<12} {r['type']:<5} {_gib(r['memory_bytes']):>9} {r['compute_units']:>5}  "
             f"{r['name']} ({r['platform_name']}, {r['version']})"
         )
+

@@ -14,7 +14,7 @@ import pathlib
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 
@@ -28,17 +28,19 @@ from femto.data import (
     train_tokenizer,
     train_val_split,
 )
-from femto.errors import CheckpointError, ConfigError
+from femto.errors import CheckpointError, ConfigError, TokenizerError
+from femto.finetune import load_init_source
 from femto.graph import Tensor, no_grad
 from femto.model import GPT, GPTConfig
 from femto.optim import AdamW
+from femto.schedule_notice import schedule_notice
 from femto.tokenizers.base import Tokenizer, load_tokenizer, save_tokenizer
 
 logger = logging.getLogger(__name__)
 
 VAL_FRACTION = 0.1
 # options that define what a run is: changing them on resume would silently train something else
-RUN_IDENTITY = ("data", "tokenizer", "vocab", "sp_model_type", "seed")
+RUN_IDENTITY = ("data", "tokenizer", "vocab", "sp_model_type", "seed", "init_from")
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ class TrainConfig:
     sp_model_type: str | None = None
     device: str = "cpu"
     steps: int = 2500
+    lr_decay_steps: int | None = None  # None: --steps (the cosine ends at the last step)
     batch_size: int = 16
     grad_accum: int = 1
     lr: float = 1e-3
@@ -68,6 +71,8 @@ class TrainConfig:
     log_every: int = 10
     sample_tokens: int = 200
     seed: int = 1337
+    keep_best: bool = False
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         positive = ("steps", "batch_size", "grad_accum", "eval_every", "eval_batches", "save_every")
@@ -79,6 +84,16 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{_flag(name)} must be a non-negative integer, got {value!r}")
+        if self.lr_decay_steps is not None and (
+            isinstance(self.lr_decay_steps, bool)
+            or not isinstance(self.lr_decay_steps, int)
+            or self.lr_decay_steps < 1
+        ):
+            raise ConfigError(
+                f"--lr-decay-steps must be a positive integer, got {self.lr_decay_steps!r}"
+            )
+        if not isinstance(self.keep_best, bool):
+            raise ConfigError(f"--keep-best must be true or false, got {self.keep_best!r}")
         if self.vocab is not None and (not isinstance(self.vocab, int) or self.vocab < 1):
             raise ConfigError(f"--vocab must be a positive integer, got {self.vocab!r}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
@@ -121,14 +136,20 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def decay_steps(cfg: TrainConfig) -> int:
+    """The step at which the cosine reaches min_lr: --lr-decay-steps, else the last step."""
+    return cfg.steps if cfg.lr_decay_steps is None else cfg.lr_decay_steps
+
+
 def lr_at(it: int, cfg: TrainConfig) -> float:
-    """nanoGPT's schedule for iteration `it` (0-based): linear warm-up, then cosine to min_lr at the
-    last step."""
+    """nanoGPT's schedule for iteration `it` (0-based): linear warm-up, then cosine to min_lr at
+    decay_steps(cfg) (the last step unless --lr-decay-steps says otherwise), then min_lr."""
+    end = decay_steps(cfg)
     if it < cfg.warmup:
         return cfg.lr * (it + 1) / (cfg.warmup + 1)
-    if it >= cfg.steps or cfg.steps <= cfg.warmup:
+    if it >= end or end <= cfg.warmup:
         return cfg.min_lr
-    ratio = (it - cfg.warmup) / (cfg.steps - cfg.warmup)
+    ratio = (it - cfg.warmup) / (end - cfg.warmup)
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.lr - cfg.min_lr)
 
 
@@ -144,6 +165,8 @@ class Run:
     val_tokens: np.ndarray
     weights: dict[str, np.ndarray] | None = None  # None: a new run, initialised from the seed
     optimizer_state: dict[str, np.ndarray] | None = None
+    init_weights: dict[str, np.ndarray] | None = None  # a new run's start (--init-from)
+    notices: list[str] = field(default_factory=list)  # for the user, before training starts
 
     @property
     def resumed(self) -> bool:
@@ -195,6 +218,9 @@ def prepare_run(
                 "Drop them to resume, or pick another --out for a new run"
             )
         config = replace(saved_train, **train_options)
+        notice = schedule_notice(saved_train, config, state.step, lr_at, decay_steps)
+        notices = [notice] if notice else []
+        init_weights = None
         tokenizer = load_tokenizer(run_dir, state.tokenizer)
         if tokenizer.vocab_size != state.model.vocab_size:
             raise ConfigError(
@@ -207,22 +233,42 @@ def prepare_run(
         model_config = state.model
     else:
         config = TrainConfig(**train_options)
-        GPTConfig(**{"vocab_size": 1, **model_options})  # fail on bad sizes before any slow work
+        if config.init_from is None:  # fail on bad sizes before any slow work
+            GPTConfig(**{"vocab_size": 1, **model_options})
         corpus = resolve_corpus(config.data, data_home)
-        options = {"model_type": config.sp_model_type} if config.sp_model_type else {}
-        tokenizer = train_tokenizer(corpus, config.tokenizer, config.vocab, **options)
-        model_config = GPTConfig(**{**model_options, "vocab_size": tokenizer.vocab_size})
+        weights = optimizer_state = init_weights = None
+        notices = []
+        if config.init_from is None:
+            options = {"model_type": config.sp_model_type} if config.sp_model_type else {}
+            tokenizer = train_tokenizer(corpus, config.tokenizer, config.vocab, **options)
+            model_config = GPTConfig(**{**model_options, "vocab_size": tokenizer.vocab_size})
+        else:
+            source = load_init_source(
+                pathlib.Path(config.init_from), model_options, train_options.get("tokenizer"),
+                config.vocab,
+            )  # fmt: skip
+            tokenizer, model_config, init_weights = source.tokenizer, source.model, source.weights
+            # the new run's config.json names the tokenizer it really uses: the source's
+            config = replace(config, **source.tokenizer_options)
         state = ckpt.RunState(model=model_config, train=config.to_dict())
-        weights = optimizer_state = None
-    tokens = encode_corpus(corpus, tokenizer, cache_dir, progress)
+    try:
+        tokens = encode_corpus(corpus, tokenizer, cache_dir, progress)
+    except TokenizerError as exc:
+        if init_weights is None:
+            raise
+        raise TokenizerError(
+            f"--init-from {config.init_from} keeps the source run's tokenizer, which cannot encode "
+            f"--data {config.data}: {exc}"
+        ) from None
     train_tokens, val_tokens = train_val_split(tokens, VAL_FRACTION)
     T = model_config.block_size
     check_windows(train_tokens, T, f"the training split of {corpus.name!r}")
     check_windows(val_tokens, T, f"the validation split of {corpus.name!r}")
     state.train = config.to_dict()
     return Run(
-        run_dir, state, config, tokenizer, train_tokens, val_tokens, weights, optimizer_state
-    )
+        run_dir, state, config, tokenizer, train_tokens, val_tokens, weights, optimizer_state,
+        init_weights, notices,
+    )  # fmt: skip
 
 
 class TrainStep:
@@ -307,8 +353,8 @@ def train(
 
     Events: "start" (device, params, step, steps, resumed); "step" after each step (step, steps, loss,
     lr, dt_ms, tokens_per_s, elapsed_s, eta_s, val_loss = the last measured, and grad_norm on logged
-    steps); "eval" with val_loss; "checkpoint" after each save (step,
-    model, tokenizer, for a sample); "done". Setting `stop` ends the loop after the current step with
+    steps); "eval" with val_loss; "best" after --keep-best saved a new best (step, val_loss, dir);
+    "checkpoint" after each save (step, model, tokenizer, for a sample); "done". Setting `stop` ends the loop after the current step with
     a checkpoint.
     """
     cfg, state, run_dir = run.config, run.state, run.run_dir
@@ -322,6 +368,8 @@ def train(
     micro_step = TrainStep(model)
     # one generator drives the batches and dropout seeds; its state is saved with each checkpoint
     data_rng = np.random.default_rng([cfg.seed, 1])
+    if run.init_weights is not None:
+        model.load_numpy(run.init_weights, f"--init-from {cfg.init_from}")
     if run.resumed:
         model.load_numpy(run.weights, str(run_dir / ckpt.MODEL_FILE))
         optimizer.load_state_arrays(
@@ -353,6 +401,17 @@ def train(
         saved_step = state.step
         emit({"kind": "checkpoint", "step": state.step, "model": model, "tokenizer": run.tokenizer})
 
+    def save_best() -> None:
+        # a whole checkpoint of its own (a run directory femto can sample, evaluate or resume),
+        # committed like the main one, so a crash mid-save leaves the previous best readable
+        state.rng = {"data": data_rng.bit_generator.state}
+        state.tokenizer = tokenizer_description
+        state.train = cfg.to_dict()
+        best_dir = run_dir / ckpt.BEST_DIR
+        ckpt.save_checkpoint(best_dir, model.to_numpy(), optimizer.state_arrays(), state)
+        save_tokenizer(run.tokenizer, best_dir)
+        emit({"kind": "best", "step": state.step, "val_loss": state.best_val_loss, "dir": best_dir})
+
     while state.step < cfg.steps:
         t0 = time.perf_counter()
         lr = lr_at(state.step, cfg)
@@ -382,6 +441,8 @@ def train(
             last_val = val_loss
             if state.best_val_loss is None or val_loss < state.best_val_loss:
                 state.best_val_loss = val_loss
+                if cfg.keep_best:
+                    save_best()
             emit({"kind": "eval", "step": state.step, "val_loss": val_loss})
 
         done_steps = state.step - start_step
