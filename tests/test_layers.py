@@ -42,15 +42,21 @@ TABLE = [
     ("femto.tokenizers.*", ["femto.tokenizers.*"]),
     ("femto.data", ["femto.tokenizers", "femto.tokenizers.base"]),
     ("femto.checkpoint", ["femto.model", "femto.tokenizers", "femto.tokenizers.*", "femto.optim"]),
-    ("femto.train", BELOW_TRAIN),
+    ("femto.train", [*BELOW_TRAIN, "femto.finetune", "femto.schedule_notice"]),
     ("femto.sample", BELOW_TRAIN),
     ("femto.evaluate", BELOW_TRAIN),  # not in STYLE.md's table yet: `femto eval` sits beside sample
+    ("femto.finetune", ["femto.checkpoint", "femto.model", "femto.tokenizers.base"]),
+    ("femto.schedule_notice", []),  # words about train's schedule, which it is passed
+    ("femto.config_file", []),  # --config TOML parsing for the CLI
+    ("femto.export_hf", ["femto.checkpoint", "femto.model", "femto.tokenizers.base"]),
     (
         "femto.cli",
         [
             "femto.train",
             "femto.sample",
             "femto.evaluate",
+            "femto.config_file",
+            "femto.export_hf",
             "femto.tokenizers",
             "femto.tokenizers.*",
             "femto.data",
