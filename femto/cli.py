@@ -112,9 +112,10 @@ def _ux_write_text(text: str, output: str | None) -> None:
 
     data = text.encode("utf-8", "surrogatepass")
     if output is None:
-        stream = click.get_binary_stream("stdout")
-        stream.write(data + (b"\n" if sys.stdout.isatty() else b""))
-        stream.flush()
+        newline = b"\n" if sys.stdout.isatty() else b""
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data + newline)  # the bytes, not text-mode's newline translation
+        sys.stdout.buffer.flush()
         return
     path = pathlib.Path(output)
     if path.is_dir():
