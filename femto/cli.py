@@ -451,6 +451,8 @@ def evaluate_command(
     finally:
         if progress is not None:
             progress.close()
+    if corpus.summary():
+        click.echo(f"notice: {corpus.summary()}", err=True)
     if split != "all":
         tokens = train_val_split(tokens, VAL_FRACTION)[0 if split == "train" else 1]
     what = f"corpus {corpus.name!r}" + ("" if split == "all" else f" ({split} split)")
@@ -632,12 +634,8 @@ def tokenize_train(
     tokenizer = train_tokenizer(corpus, kind, vocab, **options)
     seconds = time.perf_counter() - start
     save_tokenizer(tokenizer, out_dir)
-    skipped = corpus.skipped  # malformed lines were also logged as a warning while reading
-    if skipped["malformed"] or skipped["deleted"]:
-        click.echo(
-            f"skipped {skipped['malformed']:,} malformed line(s); dropped {skipped['deleted']:,} "
-            "deleted or removed comment(s)"
-        )
+    if corpus.summary():
+        click.echo(corpus.summary())
     eot = f", end-of-text id {tokenizer.eot_id}" if tokenizer.eot_id is not None else ""
     files = sorted(p.name for p in out_dir.iterdir() if not p.name.startswith("."))
     click.echo(
@@ -713,8 +711,8 @@ def tokenize_stats(out: str, spec: str | None, top: int, data_home: str | None) 
         f"corpus      {corpus.name}: {chars:,} characters, {nbytes:,} bytes -> {total:,} tokens"
     )
     click.echo(f"per token   {chars / total:.3f} characters, {nbytes / total:.3f} bytes")
-    if corpus.skipped["malformed"]:
-        click.echo(f"skipped     {corpus.skipped['malformed']:,} malformed line(s)")
+    if corpus.summary():
+        click.echo(f"reddit      {corpus.summary()}")
     if top:
         click.echo(f"most frequent pieces (of {total:,} tokens):")
         for rank, token_id in enumerate(np.argsort(-counts, kind="stable")[:top], 1):

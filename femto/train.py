@@ -260,6 +260,9 @@ def prepare_run(
             f"--init-from {config.init_from} keeps the source run's tokenizer, which cannot encode "
             f"--data {config.data}: {exc}"
         ) from None
+    summary = corpus.summary()
+    if summary:
+        notices.append(summary)
     train_tokens, val_tokens = train_val_split(tokens, VAL_FRACTION)
     T = model_config.block_size
     check_windows(train_tokens, T, f"the training split of {corpus.name!r}")

@@ -249,3 +249,25 @@ def test_decode_writes_exact_bytes(workdir, env, tmp_path):
         ["tokenize", "decode", "--out", best_run, "--output", tmp_path / "no" / "x.txt", "1"], env
     )
     assert_one_line_error(nowhere, "--output", "does not exist")
+
+
+def test_reddit_summary_is_printed_once_by_each_command(workdir, env, tmp_path):
+    text = (workdir / "a.txt").read_text(encoding="utf-8")
+    lines = [json.dumps({"body": text[i : i + 400]}) for i in range(0, 16_000, 400)]
+    lines += [json.dumps({"body": "[deleted]"}), json.dumps({"body": "[removed]"})]
+    lines.append(json.dumps({"body": "a comment cut short"})[:15])
+    dump = tmp_path / "dump.jsonl"
+    dump.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    summary = (
+        "kept 40 comment(s), dropped 2 deleted or removed, skipped 1 malformed line(s) "
+        "(first: dump.jsonl line 43: truncated JSON"
+    )
+    env = {"FEMTO_CACHE_DIR": str(tmp_path / "cache")}
+    for attempt in ("new run", "cache hit"):
+        run = tmp_path / attempt.replace(" ", "-")
+        result = invoke(["train", "--data", dump, "--out", run, *TINY], env)
+        assert result.exit_code == 0, result.output
+        assert result.output.count(summary) == 1, result.output
+        assert "malformed" not in result.output.replace(summary, ""), result.output
+    result = invoke(["eval", "--out", run], env)
+    assert result.exit_code == 0 and result.output.count(summary) == 1, result.output
