@@ -273,7 +273,7 @@ def train(ctx: click.Context, out: str, config_file: str | None, **options) -> N
 
     from femto import train as training
     from femto.errors import TokenizerError
-    from femto.sample import encode_prompt, generate
+    from femto.sample import encode_prompt, generate, show_text
 
     if config_file is not None:
         out = _ux_apply_config_file(ctx, config_file, out, options)
@@ -349,7 +349,7 @@ def train(ctx: click.Context, out: str, config_file: str | None, **options) -> N
             click.echo(f"{prefix}saved {run_dir} at step {event['step']}; sample:")
             rng = np.random.default_rng(cfg.seed)  # the same draws each time: samples compare
             new = generate(event["model"], prompt, cfg.sample_tokens, 0.8, 200, rng)
-            click.echo(run.tokenizer.decode(new))
+            click.echo(show_text(run.tokenizer, new))
             click.echo("-" * 40)
 
     previous = signal.signal(signal.SIGINT, on_sigint)
@@ -377,16 +377,29 @@ def train(ctx: click.Context, out: str, config_file: str | None, **options) -> N
     "--prompt-file", metavar="FILE", help="Continue the UTF-8 text of FILE (instead of --prompt)."
 )
 @_ux_checkpoint_option
+@click.option(
+    "--allow-special", is_flag=True,
+    help="Read the literal text <|endoftext|> in the prompt as the end-of-text token (by default "
+    "it is ordinary text).",
+)  # fmt: skip
+@click.option(
+    "--stop-at-eot", is_flag=True,
+    help="End a sample at its first end-of-text token (by default it is shown as a blank line "
+    "and sampling goes on).",
+)  # fmt: skip
 @user_errors
 def sample(
     out: str, prompt: str, tokens: int, temperature: float, top_k: int, seed: int,
     num_samples: int, device: str, no_cache: bool, prompt_file: str | None, checkpoint: str,
+    allow_special: bool, stop_at_eot: bool,
 ) -> None:  # fmt: skip
     """Generate text from a trained run, streamed as it is produced."""
     import numpy as np
 
     from femto.errors import ConfigError
-    from femto.sample import TextStream, check_sampling, encode_prompt, generate, load_run
+    from femto.sample import (
+        TextStream, check_sampling, encode_prompt, generate, load_run, show_text,
+    )  # fmt: skip
 
     if num_samples < 1:
         raise ConfigError(f"--num-samples must be a positive integer, got {num_samples}")
@@ -398,9 +411,18 @@ def sample(
             raise ConfigError("give --prompt or --prompt-file, not both")
         prompt = _ux_read_prompt_file(prompt_file)
     loaded = load_run(_ux_run_checkpoint(out, checkpoint), device)
-    ids, notice = encode_prompt(loaded.tokenizer, prompt, loaded.model.config.block_size)
+    ids, notice = encode_prompt(
+        loaded.tokenizer, prompt, loaded.model.config.block_size, allow_special
+    )
     if notice:
         click.echo(f"notice: {notice}", err=True)
+    eot_id = loaded.tokenizer.eot_id
+    if stop_at_eot and eot_id is None:
+        raise ConfigError(
+            f"--stop-at-eot: the tokenizer of {out} has no end-of-text token (its corpus had no "
+            "document breaks)"
+        )
+    stop_ids = (eot_id,) if stop_at_eot else ()
     rng = np.random.default_rng(seed)
 
     def write(text: str) -> None:
@@ -410,9 +432,12 @@ def sample(
     for i in range(num_samples):
         if i:
             click.echo("\n" + "-" * 40)
-        write(loaded.tokenizer.decode(ids))
+        write(show_text(loaded.tokenizer, ids))
         stream = TextStream(loaded.tokenizer, write, ids)
-        generate(loaded.model, ids, tokens, temperature, top_k or None, rng, stream, not no_cache)
+        generate(
+            loaded.model, ids, tokens, temperature, top_k or None, rng, stream, not no_cache,
+            stop_ids,
+        )  # fmt: skip
         stream.flush()
     click.echo()
 
@@ -473,9 +498,14 @@ def _gpt_run_tokenizer(out: str):
     "--out", default="out", show_default=True, help="Run directory whose tokenizer to use."
 )
 @click.option("--file", "file_", type=click.Path(dir_okay=False), help="Encode this UTF-8 file.")
+@click.option(
+    "--allow-special", is_flag=True,
+    help="Encode the literal text <|endoftext|> as the end-of-text token (by default it is "
+    "ordinary text).",
+)  # fmt: skip
 @click.argument("text", required=False)
 @user_errors
-def encode(out: str, file_: str | None, text: str | None) -> None:
+def encode(out: str, file_: str | None, text: str | None, allow_special: bool) -> None:
     """Print the token ids of TEXT (or --file) with a run's tokenizer, space-separated."""
     from femto.errors import TokenizerError
 
@@ -488,7 +518,9 @@ def encode(out: str, file_: str | None, text: str | None) -> None:
             raise TokenizerError(f"--file {file_} does not exist") from None
         except UnicodeDecodeError as exc:
             raise TokenizerError(f"--file {file_} is not UTF-8 (byte {exc.start:,})") from None
-    ids = _gpt_run_tokenizer(out).encode(text)
+    from femto.tokenizers.special import encode_text
+
+    ids = encode_text(_gpt_run_tokenizer(out), text, allow_special)
     click.echo(" ".join(map(str, ids)))
 
 

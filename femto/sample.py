@@ -16,7 +16,7 @@ import math
 import pathlib
 import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +27,7 @@ from femto.errors import ConfigError, TokenizerError
 from femto.graph import Tensor, no_grad
 from femto.model import GPT
 from femto.tokenizers.base import Tokenizer, load_tokenizer
+from femto.tokenizers.special import encode_text
 
 logger = logging.getLogger(__name__)
 
@@ -59,11 +60,14 @@ def load_run(run_dir: pathlib.Path, device: str = "cpu") -> LoadedRun:
     return LoadedRun(model, tokenizer, state)
 
 
-def encode_prompt(tokenizer: Tokenizer, text: str, block_size: int) -> tuple[list[int], str | None]:
+def encode_prompt(
+    tokenizer: Tokenizer, text: str, block_size: int, allow_special: bool = False
+) -> tuple[list[int], str | None]:
     """Prompt ids (an empty prompt starts from a newline) cut to the last block_size tokens, and a
-    notice when they were cut. Text the tokenizer cannot encode raises its TokenizerError."""
+    notice when they were cut. Text the tokenizer cannot encode raises its TokenizerError. The
+    end-of-text marker in the text is ordinary text unless allow_special."""
     if text:
-        ids = tokenizer.encode(text)
+        ids = encode_text(tokenizer, text, allow_special)
     else:
         try:
             ids = tokenizer.encode("\n")
@@ -120,8 +124,10 @@ def generate(
     rng: np.random.Generator | None = None,
     on_token: Callable[[int], None] | None = None,
     use_cache: bool = True,
+    stop_ids: Collection[int] = (),
 ) -> list[int]:
     """Continue prompt_ids (1..block_size ids) by max_new_tokens tokens; returns only the new ones.
+    Generation ends early after a token in stop_ids (e.g. the end-of-text id), which is returned.
 
     use_cache=False recomputes the whole window for every token (the reference the cache is tested
     against, and a benchmark baseline).
@@ -135,7 +141,9 @@ def generate(
         raise ConfigError("sampling with temperature > 0 needs a seeded np.random.Generator")
     if not use_cache:
         with no_grad():
-            return _generate(model, ids, max_new_tokens, temperature, top_k, rng, on_token, None)
+            return _generate(
+                model, ids, max_new_tokens, temperature, top_k, rng, on_token, None, stop_ids
+            )
     generation = _generation_of(model)
     if not generation.lock.acquire(blocking=False):
         # the model's kept state is in use (another thread, or a generate() from an on_token
@@ -145,7 +153,7 @@ def generate(
     try:
         with no_grad():
             return _generate(
-                model, ids, max_new_tokens, temperature, top_k, rng, on_token, generation
+                model, ids, max_new_tokens, temperature, top_k, rng, on_token, generation, stop_ids
             )
     finally:
         generation.lock.release()
@@ -160,6 +168,7 @@ def _generate(
     rng: np.random.Generator | None,
     on_token: Callable[[int], None] | None,
     generation: _Generation | None,
+    stop_ids: Collection[int] = (),
 ) -> list[int]:
     """generate()'s loop, under no_grad; without a generation state, every token recomputes the
     window through the graph."""
@@ -182,7 +191,7 @@ def _generate(
         new.append(token)
         if on_token is not None:
             on_token(token)
-        if len(new) == max_new_tokens:
+        if len(new) == max_new_tokens or token in stop_ids:
             break
         if generation is not None and cache.length < block_size:
             logits = step.logits(model, [token], cache.length)
@@ -271,18 +280,54 @@ def _generation_of(model: GPT) -> _Generation:
     return generation
 
 
+def show_text(tokenizer: Tokenizer, ids: Sequence[int], eot_text: str = "\n\n") -> str:
+    """The text of `ids` for a reader: each end-of-text id as `eot_text` (a document break)."""
+    eot_id = getattr(tokenizer, "eot_id", None)
+    ids = [int(i) for i in ids]
+    if eot_id is None or eot_id not in ids:
+        return tokenizer.decode(ids)
+    documents, current = [], []
+    for token in ids:
+        if token == eot_id:
+            documents.append(current)
+            current = []
+        else:
+            current.append(token)
+    return eot_text.join(tokenizer.decode(d) for d in [*documents, current])
+
+
 class TextStream:
-    """Turns a growing list of ids into text pieces for `write`, decoding the whole tail each time
-    so multi-token characters (byte-level tokenizers) come out once complete."""
+    """Turns a growing list of ids into text pieces for `write`, decoding the tail since the last
+    end-of-text each time, so multi-token characters (byte-level tokenizers) come out once complete:
+    a U+FFFD at the end is held back until the next token completes the character or shows it never
+    will. An end-of-text id is written as `eot_text` (a document break), not as its marker."""
 
     def __init__(
-        self, tokenizer: Tokenizer, write: Callable[[str], None], context: Sequence[int] = ()
+        self,
+        tokenizer: Tokenizer,
+        write: Callable[[str], None],
+        context: Sequence[int] = (),
+        eot_text: str = "\n\n",
     ):
-        self.tokenizer, self.write = tokenizer, write
+        self.tokenizer, self.write, self.eot_text = tokenizer, write, eot_text
+        self.eot_id = getattr(tokenizer, "eot_id", None)
         self.ids = list(context)
-        self.shown = len(tokenizer.decode(self.ids)) if self.ids else 0
+        if self.eot_id in self.ids:  # only the document being written matters
+            self.ids = self.ids[len(self.ids) - self.ids[::-1].index(self.eot_id) :]
+        self.shown = len(self._text(self.ids)) if self.ids else 0
+
+    def _text(self, ids: Sequence[int]) -> str:
+        text = self.tokenizer.decode(ids)
+        # a context cut mid-character ends in U+FFFD that a later token may complete: count it
+        # as not shown
+        return text[:-1] if text.endswith("\ufffd") else text
 
     def __call__(self, token: int) -> None:
+        if self.eot_id is not None and int(token) == self.eot_id:
+            self.flush()
+            self.write(self.eot_text)
+            self.ids, self.shown = [], 0
+            return
         self.ids.append(int(token))
         text = self.tokenizer.decode(self.ids)
         if text.endswith("\ufffd"):
