@@ -211,7 +211,12 @@ _GPT_MODEL_FIELDS = ("block_size", "n_layer", "n_head", "n_embd", "dropout", "bi
 @main.command()
 @_gpt_option("--data", "data", "Corpus: a bundled name or a path.")
 @_gpt_option("--tokenizer", "tokenizer", "Tokenizer by name (char, byte, ...).")
-@click.option("--vocab", type=int, help="Vocabulary size for trainable tokenizers.")
+@click.option(
+    "--vocab", type=int,
+    help="Vocabulary size for trainable tokenizers. sentencepiece: the total, including 256 "
+    "byte-fallback pieces, <unk>, the newline and (for corpora with document breaks) "
+    "<|endoftext|>, so --vocab 500 learns 241 or 242 pieces.",
+)  # fmt: skip
 @click.option(
     "--sp-model-type",
     type=click.Choice(["unigram", "bpe"]),
@@ -622,7 +627,12 @@ _data_home_option = click.option(
     show_default=True,
     help="Tokenizer by name: char, byte, sentencepiece or an installed plugin.",
 )
-@click.option("--vocab", type=int, help="Vocabulary size (sentencepiece: required).")
+@click.option(
+    "--vocab", type=int,
+    help="Vocabulary size (sentencepiece: required; the total, including 256 byte-fallback "
+    "pieces, <unk>, the newline and (for corpora with document breaks) <|endoftext|>, so "
+    "--vocab 500 learns 241 or 242 pieces).",
+)  # fmt: skip
 @click.option("--data", "spec", required=True, help="Corpus: a bundled name or a path.")
 @click.option(
     "--out",
