@@ -1,13 +1,13 @@
-"""Characters per token of femto's sentencepiece tokenizer against sentencepiece's own trainer at the
-same total vocabulary size, on a corpus (default: the bundled TinyStories excerpt).
+"""Characters per token of femto's sentencepiece tokenizer against sentencepiece's own trainer at
+the same total vocabulary size, on a corpus (default: the bundled TinyStories excerpt).
 
     python bench/sp_vocab.py                      # --vocab 500, prints a table
     python bench/sp_vocab.py --vocab 500 1000 --json sp_vocab.json
 
 femto's --vocab N is the total size: <unk>, 256 byte-fallback pieces, the user symbols (newline,
-end-of-text) and N - 259 learned pieces. spm.SentencePieceTrainer's defaults (nmt_nfkc normalisation,
-a dummy prefix, no byte fallback, whitespace collapsed) learn N - 3 pieces beside <unk>, <s>, </s>,
-but do not round-trip every text: the table says which do.
+end-of-text) and N - 259 learned pieces. spm.SentencePieceTrainer's defaults (nmt_nfkc
+normalisation, a dummy prefix, no byte fallback, whitespace collapsed) learn N - 3 pieces beside
+<unk>, <s>, </s>, but do not round-trip every text: the table says which do.
 """
 
 from __future__ import annotations
@@ -78,7 +78,10 @@ def main() -> None:
                     vocab - 3, seconds)
         )  # fmt: skip
     print(f"corpus {corpus.name!r}: {len(text):,} characters")
-    print(f"{'tokenizer':<30} {'learned':>7} {'tokens':>10} {'chars/token':>11} {'top piece':>9}  round trip")
+    print(
+        f"{'tokenizer':<30} {'learned':>7} {'tokens':>10} {'chars/token':>11} {'top piece':>9}  "
+        "round trip"
+    )
     for r in rows:
         print(
             f"{r['tokenizer']:<30} {r['learned_pieces']:>7} {r['tokens']:>10,} "

@@ -101,12 +101,14 @@ _ux_checkpoint_option = click.option(
     type=click.Choice(["latest", "best"]),
     default="latest",
     show_default=True,
-    help="The run's last checkpoint, or the lowest-val-loss one that --keep-best kept in OUT/best/.",
+    help="The run's last checkpoint, or the lowest-val-loss one that --keep-best kept in "
+    "OUT/best/.",
 )
 
 
 def _ux_write_text(text: str, output: str | None) -> None:
-    """Decoded text to --output (atomically, exact bytes) or to stdout (a newline only on a terminal)."""
+    """Decoded text to --output (atomically, exact bytes) or to stdout (with a newline only on a
+    terminal)."""
     from femto.errors import ConfigError
     from femto.fileio import write_atomic
 
@@ -542,7 +544,7 @@ def encode(out: str, file_: str | None, text: str | None, allow_special: bool) -
 def decode(out: str, output: str | None, ids: tuple[str, ...]) -> None:
     """Print the text of token IDS (integers, separated by spaces or commas) with a run's tokenizer.
 
-    A newline is added only when stdout is a terminal, so `decode ... > file` holds exactly the text.
+    A newline is added only when stdout is a terminal: `decode ... > file` holds exactly the text.
     """
     from femto.errors import TokenizerError
 

@@ -37,7 +37,8 @@ def _check(key: str, value, kind: Kind, source: str):
     if not ok:
         wanted = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
         raise ConfigError(
-            f"{source}: key {key!r} must be {wanted.get(kind, kind.__name__)}, got {_describe(value)}"
+            f"{source}: key {key!r} must be {wanted.get(kind, kind.__name__)}, "
+            f"got {_describe(value)}"
         )
     return value
 
@@ -71,7 +72,9 @@ def read_config_file(path: pathlib.Path, options: dict[str, Kind]) -> dict:
         name = key.replace("-", "_")
         if name not in options:
             known = ", ".join(sorted(n.replace("_", "-") for n in options))
-            raise ConfigError(f"{path}: unknown key {key!r} (the keys are train's options: {known})")
+            raise ConfigError(
+                f"{path}: unknown key {key!r} (the keys are train's options: {known})"
+            )
         if name in values:
             raise ConfigError(f"{path}: key {key!r} is given twice (as - and _ spellings)")
         values[name] = _check(key, value, options[name], str(path))

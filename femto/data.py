@@ -185,7 +185,8 @@ class Corpus:
 
     def summary(self) -> str | None:
         """What the last full pass made of a Reddit dump, in one line (None for other corpora):
-        comments kept, deleted/removed ones dropped, malformed lines skipped and the first's reason."""
+        comments kept, deleted/removed ones dropped, malformed lines skipped and the first's
+        reason."""
         if not any(kind == "reddit" for _, kind in self.files):
             return None
         s = self.skipped

@@ -1,10 +1,10 @@
 """`femto export --hf DIR`: a run as a Hugging Face transformers GPT-2 folder.
 
 The folder holds config.json (GPT2Config), model.safetensors (GPT2LMHeadModel's names and Conv1D
-layouts, i.e. femto's (out, in) linear weights transposed), tokenizer.json (built with the `tokenizers`
-library, imported lazily) and tokenizer_config.json, so `transformers.pipeline("text-generation",
-DIR)` runs the femto model. femto's model is nanoGPT's GPT-2: pre-LN blocks, LayerNorm eps 1e-5, the
-tanh GELU (transformers' "gelu_new"), lm_head tied to wte. Nothing here needs torch.
+layouts: femto's (out, in) linear weights transposed), tokenizer.json (built with the `tokenizers`
+library, imported lazily) and tokenizer_config.json, so `pipeline("text-generation", DIR)` of
+transformers runs the model. femto's model is nanoGPT's GPT-2: pre-LN blocks, LayerNorm eps 1e-5, the tanh GELU
+(transformers' "gelu_new"), lm_head tied to wte. Nothing here needs torch.
 """
 
 from __future__ import annotations
@@ -111,7 +111,9 @@ def hf_tokenizer(tokenizer: Tokenizer):
         from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers
         from tokenizers import Tokenizer as HFTokenizer
     except ImportError:
-        raise ConfigError(f"femto export --hf needs the tokenizers package: {INSTALL_HINT}") from None
+        raise ConfigError(
+            f"femto export --hf needs the tokenizers package: {INSTALL_HINT}"
+        ) from None
     eot = getattr(tokenizer, "eot", None)
     if tokenizer.name == "char":
         vocab = {piece: i for i, piece in enumerate(tokenizer.chars)}
@@ -185,7 +187,8 @@ def export_hf(run_dir: pathlib.Path, out_dir: pathlib.Path, checkpoint_dir: path
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         meta = {"format": "pt", "femto_step": str(state.step), "femto_run": str(run_dir)}
-        ckpt.save_safetensors(staging / "model.safetensors", gpt2_weights(state.model, weights), meta)
+        tensors = gpt2_weights(state.model, weights)
+        ckpt.save_safetensors(staging / "model.safetensors", tensors, meta)
         for name, content in (
             ("config.json", config),
             ("generation_config.json", generation),

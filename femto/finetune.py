@@ -1,7 +1,7 @@
 """Starting a new run from another run's weights (`femto train --init-from RUN`), for fine-tuning.
 
-The source run fixes the model's shape and the tokenizer (its ids are what the weights mean); the new
-run brings its own corpus, schedule and seed. Nothing in the source run is written.
+The source run fixes the model's shape and the tokenizer (its ids are what the weights mean); the
+new run brings its own corpus, schedule and seed. Nothing in the source run is written.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ def load_init_source(
 ) -> InitSource:
     """The source run's model config (with `dropout` overridable), tokenizer and weights.
 
-    `model_options` and `tokenizer` / `vocab` are what the user gave for the new run (None or absent:
-    not given); any that contradict the source are one error naming them all.
+    `model_options` and `tokenizer` / `vocab` are what the user gave for the new run (None or
+    absent: not given); any that contradict the source are one error naming them all.
     """
     source = pathlib.Path(source)
     if not ckpt.has_checkpoint(source):

@@ -1,4 +1,5 @@
-"""What a resumed run's changed --steps / --lr-decay-steps do to the learning-rate schedule, in words.
+"""What a resumed run's changed --steps / --lr-decay-steps do to the learning-rate schedule, in
+words.
 
 Only the words: the schedule itself is train.lr_at, passed in so this module stays below train.
 """
@@ -16,7 +17,9 @@ def schedule_notice(
     if saved.steps == new.steps and decay_steps(saved) == decay_steps(new):
         return None
     old_end, new_end = decay_steps(saved), decay_steps(new)
-    steps_part = f"--steps {new.steps} (the run had {saved.steps})" if new.steps != saved.steps else ""
+    steps_part = ""
+    if new.steps != saved.steps:
+        steps_part = f"--steps {new.steps} (the run had {saved.steps})"
     if old_end == new_end:
         return (
             f"{steps_part}: the learning-rate schedule is unchanged (cosine decay ends at step "

@@ -357,8 +357,8 @@ def train(
     Events: "start" (device, params, step, steps, resumed); "step" after each step (step, steps, loss,
     lr, dt_ms, tokens_per_s, elapsed_s, eta_s, val_loss = the last measured, and grad_norm on logged
     steps); "eval" with val_loss; "best" after --keep-best saved a new best (step, val_loss, dir);
-    "checkpoint" after each save (step, model, tokenizer, for a sample); "done". Setting `stop` ends the loop after the current step with
-    a checkpoint.
+    "checkpoint" after each save (step, model, tokenizer, for a sample); "done". Setting `stop`
+    ends the loop after the current step with a checkpoint.
     """
     cfg, state, run_dir = run.config, run.state, run.run_dir
     emit = on_event or (lambda event: None)

@@ -1,6 +1,6 @@
 """`femto export --hf`: transformers loads the folder as GPT2LMHeadModel, its logits match femto's,
 and the exported tokenizer.json gives femto's ids for the char, byte and sentencepiece tokenizers.
-Skipped when transformers (with torch) is not installed: it is the `hf` extra, not the test extra."""
+Skipped when transformers (with torch) is not installed: the `hf` extra, not the test extra."""
 
 from __future__ import annotations
 
@@ -44,7 +44,9 @@ def make_tokenizer(kind: str):
 
 def make_run(tmp_path: pathlib.Path, tokenizer, bias: bool = True) -> pathlib.Path:
     """A run directory holding random weights (large enough that the logits differ a lot)."""
-    config = GPTConfig(tokenizer.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=16, bias=bias)
+    config = GPTConfig(
+        tokenizer.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=16, bias=bias
+    )
     rng = np.random.default_rng(0)
     weights = {
         name: (rng.standard_normal(shape) * (0.3 if len(shape) > 1 else 0.1)).astype(np.float32)

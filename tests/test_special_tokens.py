@@ -20,7 +20,8 @@ from femto.tokenizers.char import CharTokenizer
 from femto.tokenizers.sentencepiece import SentencePieceTokenizer
 from femto.tokenizers.special import encode_text
 
-STORIES = (bundled_root() / "tinystories" / "TinyStories-valid-head.txt").read_text("utf-8")[:40_000]
+STORIES = (bundled_root() / "tinystories" / "TinyStories-valid-head.txt").read_text("utf-8")
+STORIES = STORIES[:40_000]
 TEXT = STORIES.replace("\n" + EOT_MARKER + "\n", EOT_MARKER)
 
 

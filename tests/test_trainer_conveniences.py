@@ -1,6 +1,7 @@
-"""nanoGPT's conveniences and exact output: `train --config`, `--keep-best` with `--checkpoint best`,
-`--init-from`, `--lr-decay-steps` and the resume notice, `sample --prompt-file`, `tokenize decode
---output` and `encode --file` byte for byte. Each bad input is a one-line error."""
+"""nanoGPT's conveniences and exact output: `train --config`, `--keep-best` with `--checkpoint
+best`, `--init-from`, `--lr-decay-steps` and the resume notice, `sample --prompt-file`, `tokenize
+decode --output` and `encode --file` byte for byte, the Reddit summary; bad input: one-line errors.
+"""
 
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ def assert_one_line_error(result, *fragments):
 
 @pytest.fixture(scope="module")
 def best_run(workdir, env) -> pathlib.Path:
-    """A run trained from a config file (with one option overridden), keeping its best checkpoint."""
+    """A run trained from a config file (one option overridden), keeping its best checkpoint."""
     (workdir / "tiny.toml").write_text(TINY_TOML + "keep-best = true\nlr = 0.01\n")
     run = workdir / "best-run"
     result = invoke(
@@ -154,7 +155,9 @@ def test_init_from_fine_tunes_on_a_new_corpus(best_run, workdir, env, tmp_path):
         ([], "README.md", ["keeps the source run's tokenizer, which cannot encode", "'#'"]),
     ],
 )  # fmt: skip
-def test_init_from_refuses_another_shape_or_tokenizer(extra, data, fragments, best_run, workdir, env, tmp_path):
+def test_init_from_refuses_another_shape_or_tokenizer(
+    extra, data, fragments, best_run, workdir, env, tmp_path
+):
     path = workdir / data if data != "README.md" else pathlib.Path(__file__).parents[1] / data
     result = invoke(
         ["train", "--data", path, "--out", tmp_path / "ft", "--init-from", best_run, *extra], env
@@ -183,7 +186,7 @@ def test_lr_decay_steps_holds_the_schedule():
 def test_resume_with_more_steps_says_what_the_schedule_does(workdir, env, tmp_path):
     run = tmp_path / "r"
     assert invoke(["train", "--data", workdir / "a.txt", "--out", run, *TINY], env).exit_code == 0
-    stretched = invoke(["train", "--out", tmp_path / "r", "--steps", "4", "--sample-tokens", "0"], env)
+    stretched = invoke(["train", "--out", run, "--steps", "4", "--sample-tokens", "0"], env)
     assert stretched.exit_code == 0, stretched.output
     assert "the cosine decay now ends at step 4 instead of 3" in stretched.output
     assert "pass --lr-decay-steps 3 to keep the old schedule" in stretched.output
@@ -216,7 +219,9 @@ def test_prompt_file_is_read_exactly(best_run, env, tmp_path):
     (tmp_path / "crlf.txt").write_bytes(b"ROMEO:\r\nA")
     crlf = invoke(["sample", "--out", best_run, "--prompt-file", tmp_path / "crlf.txt"], env)
     assert_one_line_error(crlf, "U+000D")
-    both = invoke(["sample", "--out", best_run, "--prompt-file", tmp_path / "p.txt", "--prompt", "A"], env)
+    both = invoke(
+        ["sample", "--out", best_run, "--prompt-file", tmp_path / "p.txt", "--prompt", "A"], env
+    )
     assert_one_line_error(both, "give --prompt or --prompt-file, not both")
     missing = invoke(["sample", "--out", best_run, "--prompt-file", tmp_path / "none.txt"], env)
     assert_one_line_error(missing, "--prompt-file", "none.txt does not exist")
@@ -228,9 +233,9 @@ def test_prompt_file_is_read_exactly(best_run, env, tmp_path):
 def test_decode_writes_exact_bytes(workdir, env, tmp_path):
     best_run = tmp_path / "tok"
     made = invoke(
-        ["tokenize", "train", "--tokenizer", "byte", "--data", workdir / "a.txt", "--out", best_run],
-        env,
-    )
+        ["tokenize", "train", "--tokenizer", "byte", "--data", workdir / "a.txt", "--out",
+         best_run], env,
+    )  # fmt: skip
     assert made.exit_code == 0, made.output
     source = "ROMEO:\r\nSpeak \u00e9.\n"
     (tmp_path / "src.txt").write_bytes(source.encode("utf-8"))
