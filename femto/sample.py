@@ -297,10 +297,14 @@ def show_text(tokenizer: Tokenizer, ids: Sequence[int], eot_text: str = "\n\n") 
 
 
 class TextStream:
-    """Turns a growing list of ids into text pieces for `write`, decoding the tail since the last
-    end-of-text each time, so multi-token characters (byte-level tokenizers) come out once complete:
-    a U+FFFD at the end is held back until the next token completes the character or shows it never
-    will. An end-of-text id is written as `eot_text` (a document break), not as its marker."""
+    """Turns a stream of ids into text pieces for `write`, incrementally: each token is decoded with
+    a few ids before it (CONTEXT_IDS, for tokenizers whose pieces read differently at a boundary)
+    and only the text past theirs is written. A trailing U+FFFD is held back until a later token
+    completes the character (or MAX_PENDING ids show it never will). An end-of-text id is written
+    as `eot_text` (a document break), not as its marker."""
+
+    CONTEXT_IDS = 8
+    MAX_PENDING = 8  # UTF-8 needs at most 4 bytes; a longer wait is an invalid sequence
 
     def __init__(
         self,
@@ -311,33 +315,38 @@ class TextStream:
     ):
         self.tokenizer, self.write, self.eot_text = tokenizer, write, eot_text
         self.eot_id = getattr(tokenizer, "eot_id", None)
-        self.ids = list(context)
-        if self.eot_id in self.ids:  # only the document being written matters
-            self.ids = self.ids[len(self.ids) - self.ids[::-1].index(self.eot_id) :]
-        self.shown = len(self._text(self.ids)) if self.ids else 0
+        context = [int(i) for i in context]
+        if self.eot_id in context:  # only the document being written matters
+            context = context[len(context) - context[::-1].index(self.eot_id) :]
+        self.context = context[-self.CONTEXT_IDS :]
+        self.pending: list[int] = []
+        # a context that ends mid-character (at most 3 of its 4 bytes): the first new tokens may
+        # complete it, so its last ids wait with them and the character is written whole
+        for _ in range(3):
+            if not self.context or not tokenizer.decode(self.context).endswith("\ufffd"):
+                break
+            self.pending.insert(0, self.context.pop())
 
-    def _text(self, ids: Sequence[int]) -> str:
-        text = self.tokenizer.decode(ids)
-        # a context cut mid-character ends in U+FFFD that a later token may complete: count it
-        # as not shown
-        return text[:-1] if text.endswith("\ufffd") else text
+    def _emit(self, final: bool) -> None:
+        before = self.tokenizer.decode(self.context) if self.context else ""
+        text = self.tokenizer.decode(self.context + self.pending)
+        if not final and text.endswith("\ufffd") and len(self.pending) < self.MAX_PENDING:
+            return  # an incomplete UTF-8 sequence: wait for the next token
+        new = text[len(before) :] if text.startswith(before) else self.tokenizer.decode(self.pending)
+        if new:
+            self.write(new)
+        self.context = (self.context + self.pending)[-self.CONTEXT_IDS :]
+        self.pending = []
 
     def __call__(self, token: int) -> None:
         if self.eot_id is not None and int(token) == self.eot_id:
             self.flush()
             self.write(self.eot_text)
-            self.ids, self.shown = [], 0
+            self.context, self.pending = [], []
             return
-        self.ids.append(int(token))
-        text = self.tokenizer.decode(self.ids)
-        if text.endswith("\ufffd"):
-            return  # an incomplete UTF-8 sequence: wait for the next token
-        if len(text) > self.shown:
-            self.write(text[self.shown :])
-            self.shown = len(text)
+        self.pending.append(int(token))
+        self._emit(final=False)
 
     def flush(self) -> None:
-        text = self.tokenizer.decode(self.ids)
-        if len(text) > self.shown:
-            self.write(text[self.shown :])
-            self.shown = len(text)
+        if self.pending:
+            self._emit(final=True)

@@ -124,3 +124,25 @@ def test_stop_at_eot_needs_an_end_of_text_token(tmp_path):
         f"Error: --stop-at-eot: the tokenizer of {run} has no end-of-text token (its corpus had no "
         "document breaks)"
     ]
+
+
+@pytest.mark.parametrize("kind", ["byte", "sp"])
+def test_streamed_text_is_the_decoded_text(kind, sp_tok):
+    from femto.tokenizers.byte import ByteTokenizer
+
+    tok = ByteTokenizer() if kind == "byte" else sp_tok
+    rng = np.random.default_rng(3)
+    text = "Héllo wörld → 🙂 ok\n" * 3
+    ids = tok.encode(text) + [int(i) for i in rng.integers(0, tok.vocab_size, 200)]
+    ids = [i for i in ids if i != tok.eot_id]
+    pieces = []
+    stream = TextStream(tok, pieces.append)
+    for token in ids:
+        stream(token)
+    stream.flush()
+    assert "".join(pieces) == tok.decode(ids)
+    clean = []
+    stream = TextStream(tok, clean.append)
+    for token in tok.encode(text):
+        stream(token)
+    assert "".join(clean) == text and not any("\ufffd" in piece for piece in clean)
