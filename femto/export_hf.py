@@ -181,7 +181,8 @@ def export_hf(run_dir: pathlib.Path, out_dir: pathlib.Path, checkpoint_dir: path
     }
     if eot_id is not None:
         tokenizer_config.update(eos_token=tokenizer.eot, bos_token=tokenizer.eot)
-    generation = {"do_sample": True, "max_length": state.model.block_size}
+    # generation stops at end-of-text, as `femto sample --stop-at-eot` does
+    generation = {}
     if eot_id is not None:
         generation.update(bos_token_id=eot_id, eos_token_id=eot_id, pad_token_id=eot_id)
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
@@ -194,6 +195,8 @@ def export_hf(run_dir: pathlib.Path, out_dir: pathlib.Path, checkpoint_dir: path
             ("generation_config.json", generation),
             ("tokenizer_config.json", tokenizer_config),
         ):
+            if not content:
+                continue
             write_atomic(staging / name, (json.dumps(content, indent=2) + "\n").encode("utf-8"))
         write_atomic(staging / "tokenizer.json", hf_tok.to_str(pretty=True).encode("utf-8"))
         if out_dir.exists():
