@@ -411,8 +411,8 @@ def train(
         state.tokenizer = tokenizer_description
         state.train = cfg.to_dict()
         best_dir = run_dir / ckpt.BEST_DIR
+        save_tokenizer(run.tokenizer, best_dir)  # first: the committed config.json names its files
         ckpt.save_checkpoint(best_dir, model.to_numpy(), optimizer.state_arrays(), state)
-        save_tokenizer(run.tokenizer, best_dir)
         emit({"kind": "best", "step": state.step, "val_loss": state.best_val_loss, "dir": best_dir})
 
     while state.step < cfg.steps:

@@ -100,6 +100,14 @@ def test_bad_config_files(content, fragments, workdir, env, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_config_file_can_name_the_run_directory(workdir, env, tmp_path):
+    run = tmp_path / "from-file"
+    (tmp_path / "c.toml").write_text(TINY_TOML + f'out = "{run}"\ndata = "{workdir / "a.txt"}"\n')
+    result = invoke(["train", "--config", tmp_path / "c.toml"], env)
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "config.json").read_text())["train"]["data"] == str(workdir / "a.txt")
+
+
 def test_missing_config_file(env, tmp_path):
     result = invoke(["train", "--out", tmp_path / "r", "--config", tmp_path / "none.toml"], env)
     assert_one_line_error(result, "--config", "none.toml does not exist")
