@@ -28,6 +28,7 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 JOURNAL_FILE = ".checkpoint-commit.json"
+BEST_DIR = "best"  # --keep-best: the lowest-val-loss checkpoint, a run directory inside the run
 CHECKPOINT_FILES = (MODEL_FILE, OPTIMIZER_FILE, CONFIG_FILE)
 # every name femto writes in a run directory (tokenizer files included)
 RUN_FILES = (*CHECKPOINT_FILES, METRICS_FILE, JOURNAL_FILE, "tokenizer.json", "vocab.json",

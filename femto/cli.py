@@ -89,6 +89,130 @@ def data() -> None:
     """List and fetch corpora."""
 
 
+# ---- config files, best checkpoints, exact bytes, export (the trainer-UX issue, part B) ----
+
+
+def _ux_option_kind(param: click.Parameter):
+    """What a config-file value for this click option must be: bool, int, float, str or choices."""
+    if isinstance(param, click.Option) and param.is_flag:
+        return bool
+    if isinstance(param.type, click.Choice):
+        return tuple(param.type.choices)
+    return {click.INT: int, click.FLOAT: float}.get(param.type, str)
+
+
+def _ux_apply_config_file(ctx: click.Context, path: str, out: str, options: dict) -> str:
+    """Fill `options` (and return --out) from the TOML file, except where the command line gave a
+    value: the command line wins."""
+    from femto.config_file import read_config_file
+
+    kinds = {
+        p.name: _ux_option_kind(p)
+        for p in ctx.command.params
+        if p.name not in ("config_file", "help") and isinstance(p, click.Option)
+    }
+    values = read_config_file(pathlib.Path(path), kinds)
+    for name, value in values.items():
+        if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE:
+            continue
+        if name == "out":
+            out = value
+        else:
+            options[name] = value
+    return out
+
+
+def _ux_run_checkpoint(out: str, checkpoint: str) -> pathlib.Path:
+    """The run directory of --checkpoint latest (the run itself) or best (its --keep-best copy)."""
+    from femto.checkpoint import BEST_DIR, CONFIG_FILE
+    from femto.errors import CheckpointError
+
+    run_dir = pathlib.Path(out)
+    if checkpoint == "latest":
+        return run_dir
+    best = run_dir / BEST_DIR
+    if not (best / CONFIG_FILE).is_file() and (run_dir / CONFIG_FILE).is_file():
+        raise CheckpointError(
+            f"{run_dir} has no best checkpoint ({best} is missing): train it with --keep-best, "
+            "or use --checkpoint latest"
+        )
+    return best
+
+
+_ux_checkpoint_option = click.option(
+    "--checkpoint",
+    type=click.Choice(["latest", "best"]),
+    default="latest",
+    show_default=True,
+    help="The run's last checkpoint, or the lowest-val-loss one that --keep-best kept in "
+    "OUT/best/.",
+)
+
+
+def _ux_write_text(text: str, output: str | None) -> None:
+    """Decoded text to --output (atomically, exact bytes) or to stdout (with a newline only on a
+    terminal)."""
+    from femto.errors import ConfigError
+    from femto.fileio import write_atomic
+
+    data = text.encode("utf-8", "surrogatepass")
+    if output is None:
+        newline = b"\n" if sys.stdout.isatty() else b""
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data + newline)  # the bytes, not text-mode's newline translation
+        sys.stdout.buffer.flush()
+        return
+    path = pathlib.Path(output)
+    if path.is_dir():
+        raise ConfigError(f"--output {path} is a directory: give a file name")
+    if not path.parent.is_dir():
+        raise ConfigError(f"--output {path}: directory {path.parent} does not exist")
+    write_atomic(path, data)
+
+
+def _ux_read_prompt_file(path: str) -> str:
+    from femto.errors import ConfigError
+
+    try:
+        raw = pathlib.Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"--prompt-file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"--prompt-file {path} is a directory, not a text file") from None
+    except OSError as exc:
+        raise ConfigError(f"--prompt-file {path} cannot be read: {exc.strerror}") from None
+    try:
+        return raw.decode("utf-8")  # bytes exactly: no newline translation
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"--prompt-file {path} is not UTF-8 (byte {exc.start:,})") from None
+
+
+@main.command(name="export")
+@click.option("--out", default="out", show_default=True, help="Run directory to export.")
+@click.option(
+    "--hf", "hf_dir", required=True, metavar="DIR",
+    help="Write a Hugging Face transformers GPT-2 folder (GPT2LMHeadModel + tokenizer.json) here; "
+    "it must not exist yet or be empty.",
+)  # fmt: skip
+@_ux_checkpoint_option
+@user_errors
+def export_command(out: str, hf_dir: str, checkpoint: str) -> None:
+    """Export a run for Hugging Face transformers: load it with GPT2LMHeadModel.from_pretrained(DIR)
+    or transformers.pipeline("text-generation", DIR)."""
+    from femto.export_hf import export_hf
+
+    config = export_hf(pathlib.Path(out), pathlib.Path(hf_dir), _ux_run_checkpoint(out, checkpoint))
+    click.echo(
+        f"exported {out} ({checkpoint} checkpoint) to {hf_dir}: GPT-2 with n_layer "
+        f"{config['n_layer']}, n_head {config['n_head']}, n_embd {config['n_embd']}, "
+        f"n_positions {config['n_positions']}, vocab {config['vocab_size']}"
+    )
+    click.echo(
+        f"use it: transformers.pipeline(\"text-generation\", \"{hf_dir}\") "
+        "(pip install 'femto[hf]')"
+    )
+
+
 # ---- train / sample / eval / tokenize encode|decode (the GPT issue) ----
 
 
@@ -249,7 +373,12 @@ def _mpi_fail_fast(comm):
 @main.command(short_help="Train a GPT, or resume the run in --out.")
 @_gpt_option("--data", "data", "Corpus: a bundled name or a path.")
 @_gpt_option("--tokenizer", "tokenizer", "Tokenizer by name (char, byte, ...).")
-@click.option("--vocab", type=int, help="Vocabulary size for trainable tokenizers.")
+@click.option(
+    "--vocab", type=int,
+    help="Vocabulary size for trainable tokenizers. sentencepiece: the total, including 256 "
+    "byte-fallback pieces, <unk>, the newline and (for corpora with document breaks) "
+    "<|endoftext|>, so --vocab 500 learns 241 or 242 pieces.",
+)  # fmt: skip
 @click.option(
     "--sp-model-type",
     type=click.Choice(["unigram", "bpe"]),
@@ -280,8 +409,29 @@ def _mpi_fail_fast(comm):
 @_gpt_option("--log-every", "log_every", "Steps between metrics lines.", type=int)
 @_gpt_option("--sample-tokens", "sample_tokens", "Sample length at checkpoints.", type=int)
 @_gpt_option("--seed", "seed", "Seed for init, batches and dropout.", type=int)
+@click.option(
+    "--lr-decay-steps", type=int,
+    help="Step at which the cosine decay reaches --min-lr (min-lr after it); extend a run with a "
+    "larger --steps without re-stretching its schedule. [default: --steps]",
+)  # fmt: skip
+@click.option(
+    "--keep-best/--no-keep-best", default=None,
+    help="Also keep the checkpoint with the lowest val loss, in OUT/best/ (sample or eval it with "
+    "--checkpoint best).",
+)  # fmt: skip
+@click.option(
+    "--init-from", metavar="RUN",
+    help="Start a new run from the weights of the run in directory RUN (fine-tuning): its model "
+    "shape and tokenizer, this run's corpus and schedule.",
+)  # fmt: skip
+@click.option(
+    "--config", "config_file", metavar="FILE",
+    help="TOML file of train options (keys are the option names, e.g. batch-size = 32); options "
+    "given on the command line win. The resolved options are stored in OUT/config.json.",
+)  # fmt: skip
+@click.pass_context
 @user_errors
-def train(out: str, **options) -> None:
+def train(ctx: click.Context, out: str, config_file: str | None, **options) -> None:
     """Train a GPT, or resume the run in --out. Ctrl-C (or SIGTERM) finishes the step, saves and
     exits."""
     import signal
@@ -291,6 +441,8 @@ def train(out: str, **options) -> None:
     from femto.distributed import PeerFailed
     from femto.runlock import TrainerLock
 
+    if config_file is not None:
+        out = _ux_apply_config_file(ctx, config_file, out, options)
     model_options = {k: options.pop(k) for k in _GPT_MODEL_FIELDS}
     run_dir = pathlib.Path(out)
     cache_root = _gpt_cache_root()
@@ -373,10 +525,13 @@ def _gpt_train(training, comm, run, run_dir: pathlib.Path, cache_root: pathlib.P
 
     from femto.errors import TokenizerError
     from femto.progress import StatusLine
-    from femto.sample import encode_prompt, generate
+    from femto.sample import encode_prompt, generate, show_text
     from femto.throughput import flops_per_token
 
     root = comm.rank == 0
+    if root:
+        for notice in run.notices:
+            click.echo(f"notice: {notice}", err=True)
     cfg, state = run.config, run.state
     if state.step >= cfg.steps:
         if not root:
@@ -454,6 +609,11 @@ def _gpt_train(training, comm, run, run_dir: pathlib.Path, cache_root: pathlib.P
             )
         elif kind == "skip":  # the divergence guard (femto/divergence.py) skipped an update
             status.line(f"step {event['step']} skipped: its {event['reason']}")
+        elif kind == "best":
+            status.line(
+                f"best val loss {event['val_loss']:.4f} at step {event['step']}: "
+                f"saved to {event['dir']}"
+            )
         elif kind == "checkpoint":
             if prompt is None or cfg.sample_tokens == 0:
                 status.line(f"saved {run_dir} at step {event['step']}")
@@ -462,7 +622,7 @@ def _gpt_train(training, comm, run, run_dir: pathlib.Path, cache_root: pathlib.P
             new = generate(event["model"], prompt, cfg.sample_tokens, 0.8, 200, rng)
             status.line(
                 f"saved {run_dir} at step {event['step']}; sample:\n"
-                f"{run.tokenizer.decode(new)}\n{'-' * 40}"
+                f"{show_text(run.tokenizer, new)}\n{'-' * 40}"
             )
         elif kind == "done":
             done.update(event)
@@ -494,26 +654,56 @@ def _gpt_train(training, comm, run, run_dir: pathlib.Path, cache_root: pathlib.P
 @click.option("--num-samples", default=1, show_default=True, type=int)
 @click.option("--device", default="cpu", show_default=True, help="cpu, opencl or opencl:P:D.")
 @click.option("--no-cache", is_flag=True, help="Recompute the whole context per token (slow).")
+@click.option(
+    "--prompt-file", metavar="FILE", help="Continue the UTF-8 text of FILE (instead of --prompt)."
+)
+@_ux_checkpoint_option
+@click.option(
+    "--allow-special", is_flag=True,
+    help="Read the literal text <|endoftext|> in the prompt as the end-of-text token (by default "
+    "it is ordinary text).",
+)  # fmt: skip
+@click.option(
+    "--stop-at-eot", is_flag=True,
+    help="End a sample at its first end-of-text token (by default it is shown as a blank line "
+    "and sampling goes on).",
+)  # fmt: skip
 @user_errors
 def sample(
     out: str, prompt: str, tokens: int, temperature: float, top_k: int, seed: int,
-    num_samples: int, device: str, no_cache: bool,
+    num_samples: int, device: str, no_cache: bool, prompt_file: str | None, checkpoint: str,
+    allow_special: bool, stop_at_eot: bool,
 ) -> None:  # fmt: skip
     """Generate text from a trained run, streamed as it is produced."""
     import numpy as np
 
     from femto.errors import ConfigError
-    from femto.sample import TextStream, check_sampling, encode_prompt, generate, load_run
+    from femto.sample import (
+        TextStream, check_sampling, encode_prompt, generate, load_run, show_text,
+    )  # fmt: skip
 
     if num_samples < 1:
         raise ConfigError(f"--num-samples must be a positive integer, got {num_samples}")
     if top_k < 0:
         raise ConfigError(f"--top-k must be >= 0 (0 keeps every token), got {top_k}")
     check_sampling(temperature, top_k or None, tokens)
-    loaded = load_run(pathlib.Path(out), device)
-    ids, notice = encode_prompt(loaded.tokenizer, prompt, loaded.model.config.block_size)
+    if prompt_file is not None:
+        if prompt:
+            raise ConfigError("give --prompt or --prompt-file, not both")
+        prompt = _ux_read_prompt_file(prompt_file)
+    loaded = load_run(_ux_run_checkpoint(out, checkpoint), device)
+    ids, notice = encode_prompt(
+        loaded.tokenizer, prompt, loaded.model.config.block_size, allow_special
+    )
     if notice:
         click.echo(f"notice: {notice}", err=True)
+    eot_id = loaded.tokenizer.eot_id
+    if stop_at_eot and eot_id is None:
+        raise ConfigError(
+            f"--stop-at-eot: the tokenizer of {out} has no end-of-text token (its corpus had no "
+            "document breaks)"
+        )
+    stop_ids = (eot_id,) if stop_at_eot else ()
     rng = np.random.default_rng(seed)
 
     def write(text: str) -> None:
@@ -523,9 +713,12 @@ def sample(
     for i in range(num_samples):
         if i:
             click.echo("\n" + "-" * 40)
-        write(loaded.tokenizer.decode(ids))
+        write(show_text(loaded.tokenizer, ids))
         stream = TextStream(loaded.tokenizer, write, ids)
-        generate(loaded.model, ids, tokens, temperature, top_k or None, rng, stream, not no_cache)
+        generate(
+            loaded.model, ids, tokens, temperature, top_k or None, rng, stream, not no_cache,
+            stop_ids,
+        )  # fmt: skip
         stream.flush()
     click.echo()
 
@@ -539,8 +732,11 @@ def sample(
 )  # fmt: skip
 @click.option("--batch-size", default=32, show_default=True, type=int, help="Windows per batch.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, opencl or opencl:P:D.")
+@_ux_checkpoint_option
 @user_errors
-def evaluate_command(out: str, data: str | None, split: str, batch_size: int, device: str) -> None:
+def evaluate_command(
+    out: str, data: str | None, split: str, batch_size: int, device: str, checkpoint: str
+) -> None:
     """Mean cross-entropy (nats/token) and perplexity of a run's model on a corpus."""
     from femto.data import encode_corpus, resolve_corpus, train_val_split
     from femto.errors import ConfigError
@@ -550,7 +746,7 @@ def evaluate_command(out: str, data: str | None, split: str, batch_size: int, de
 
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be a positive integer, got {batch_size}")
-    loaded = load_run(pathlib.Path(out), device)
+    loaded = load_run(_ux_run_checkpoint(out, checkpoint), device)
     cache_root = _gpt_cache_root()
     corpus = resolve_corpus(
         data or loaded.state.train.get("data", "shakespeare"), cache_root / "datasets"
@@ -559,7 +755,10 @@ def evaluate_command(out: str, data: str | None, split: str, batch_size: int, de
     try:
         tokens = encode_corpus(corpus, loaded.tokenizer, cache_root / "tokens", progress)
     finally:
-        progress.close()
+        if progress is not None:
+            progress.close()
+    if corpus.summary():
+        click.echo(f"notice: {corpus.summary()}", err=True)
     if split != "all":
         tokens = train_val_split(tokens, VAL_FRACTION)[0 if split == "train" else 1]
     what = f"corpus {corpus.name!r}" + ("" if split == "all" else f" ({split} split)")
@@ -581,9 +780,14 @@ def _gpt_run_tokenizer(out: str):
     "--out", default="out", show_default=True, help="Run directory whose tokenizer to use."
 )
 @click.option("--file", "file_", type=click.Path(dir_okay=False), help="Encode this UTF-8 file.")
+@click.option(
+    "--allow-special", is_flag=True,
+    help="Encode the literal text <|endoftext|> as the end-of-text token (by default it is "
+    "ordinary text).",
+)  # fmt: skip
 @click.argument("text", required=False)
 @user_errors
-def encode(out: str, file_: str | None, text: str | None) -> None:
+def encode(out: str, file_: str | None, text: str | None, allow_special: bool) -> None:
     """Print the token ids of TEXT (or --file) with a run's tokenizer, space-separated."""
     from femto.errors import TokenizerError
 
@@ -598,7 +802,9 @@ def encode(out: str, file_: str | None, text: str | None) -> None:
             raise TokenizerError(f"--file {file_} is not UTF-8 (byte {exc.start:,})") from None
         except OSError as exc:
             raise TokenizerError(f"--file {file_} cannot be read: {exc.strerror}") from None
-    ids = _gpt_run_tokenizer(out).encode(text)
+    from femto.tokenizers.special import encode_text
+
+    ids = encode_text(_gpt_run_tokenizer(out), text, allow_special)
     click.echo(" ".join(map(str, ids)))
 
 
@@ -606,10 +812,17 @@ def encode(out: str, file_: str | None, text: str | None) -> None:
 @click.option(
     "--out", default="out", show_default=True, help="Run directory whose tokenizer to use."
 )
+@click.option(
+    "--output", "output", metavar="FILE",
+    help="Write the text to FILE as UTF-8, byte for byte (nothing added).",
+)  # fmt: skip
 @click.argument("ids", nargs=-1, required=True)
 @user_errors
-def decode(out: str, ids: tuple[str, ...]) -> None:
-    """Print the text of token IDS (integers, separated by spaces or commas) with a run's tokenizer."""
+def decode(out: str, output: str | None, ids: tuple[str, ...]) -> None:
+    """Print the text of token IDS (integers, separated by spaces or commas) with a run's tokenizer.
+
+    A newline is added only when stdout is a terminal: `decode ... > file` holds exactly the text.
+    """
     from femto.errors import TokenizerError
 
     tokenizer = _gpt_run_tokenizer(out)
@@ -624,7 +837,7 @@ def decode(out: str, ids: tuple[str, ...]) -> None:
                 f"token id {value} is outside the vocabulary: ids must be in [0, {tokenizer.vocab_size - 1}]"
             )
         values.append(value)
-    click.echo(tokenizer.decode(values))
+    _ux_write_text(tokenizer.decode(values), output)
 
 
 # ---- tokenize train|stats, data list|fetch (the tokenizers issue) ----
@@ -673,7 +886,12 @@ _data_home_option = click.option(
     show_default=True,
     help="Tokenizer by name: char, byte, sentencepiece or an installed plugin.",
 )
-@click.option("--vocab", type=int, help="Vocabulary size (sentencepiece: required).")
+@click.option(
+    "--vocab", type=int,
+    help="Vocabulary size (sentencepiece: required; the total, including 256 byte-fallback "
+    "pieces, <unk>, the newline and (for corpora with document breaks) <|endoftext|>, so "
+    "--vocab 500 learns 241 or 242 pieces).",
+)  # fmt: skip
 @click.option("--data", "spec", required=True, help="Corpus: a bundled name or a path.")
 @click.option(
     "--out",
@@ -719,12 +937,8 @@ def tokenize_train(
         tokenizer = train_tokenizer(corpus, kind, vocab, progress, **options)
     seconds = time.perf_counter() - start
     replace_tokenizer_folder(tokenizer, out_dir)  # as a whole: a kill leaves the old or the new
-    skipped = corpus.skipped  # malformed lines were also logged as a warning while reading
-    if skipped["malformed"] or skipped["deleted"]:
-        click.echo(
-            f"skipped {skipped['malformed']:,} malformed line(s); dropped {skipped['deleted']:,} "
-            "deleted or removed comment(s)"
-        )
+    if corpus.summary():
+        click.echo(corpus.summary())
     eot = f", end-of-text id {tokenizer.eot_id}" if tokenizer.eot_id is not None else ""
     files = sorted(p.name for p in out_dir.iterdir() if not p.name.startswith("."))
     click.echo(
@@ -800,8 +1014,8 @@ def tokenize_stats(out: str, spec: str | None, top: int, data_home: str | None) 
         f"corpus      {corpus.name}: {chars:,} characters, {nbytes:,} bytes -> {total:,} tokens"
     )
     click.echo(f"per token   {chars / total:.3f} characters, {nbytes / total:.3f} bytes")
-    if corpus.skipped["malformed"]:
-        click.echo(f"skipped     {corpus.skipped['malformed']:,} malformed line(s)")
+    if corpus.summary():
+        click.echo(f"reddit      {corpus.summary()}")
     if top:
         click.echo(f"most frequent pieces (of {total:,} tokens):")
         for rank, token_id in enumerate(np.argsort(-counts, kind="stable")[:top], 1):
@@ -966,3 +1180,4 @@ def devices(as_json: bool) -> None:
             f"{mark} {spec:<12} {r['type']:<5} {_gib(r['memory_bytes']):>9} {r['compute_units']:>5}  "
             f"{r['name']} ({r['platform_name']}, {r['version']})"
         )
+

@@ -27,7 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from femto.errors import ConfigError, DatasetError, TokenizerError
-from femto.fileio import fsync_directory, remove_stale_temporaries, temporary_prefix
+from femto.fileio import (
+    fsync_directory, remove_stale_temporaries, temporary_prefix, write_atomic,
+)  # fmt: skip
 from femto.tokenizers.base import EOT_MARKER, Tokenizer, get_tokenizer_class
 
 logger = logging.getLogger(__name__)
@@ -140,7 +142,7 @@ class Corpus:
         self.name = name
         self.files = [(pathlib.Path(p), kind) for p, kind in files]
         self.eot = EOT_MARKER if any(kind == "tinystories" for _, kind in self.files) else None
-        self.skipped = {"malformed": 0, "deleted": 0}
+        self.skipped = _fresh_skipped()
         self._fingerprint: str | None = None
 
     @property
@@ -161,7 +163,7 @@ class Corpus:
 
     def chunks(self) -> Iterator[tuple[str, int]]:
         """(text chunk, source bytes consumed so far in the whole corpus), for progress bars."""
-        self.skipped = {"malformed": 0, "deleted": 0}
+        self.skipped = _fresh_skipped()
         loaders = {"text": _read_text, "tinystories": _read_tinystories, "reddit": _read_reddit}
         done = 0
         last = ""
@@ -183,6 +185,23 @@ class Corpus:
                 f"corpus {self.name!r} holds no text ({', '.join(map(str, self.paths))}): "
                 "it is empty or every comment was deleted"
             )
+
+    def summary(self) -> str | None:
+        """What the last full pass made of a Reddit dump, in one line (None for other corpora):
+        comments kept, deleted/removed ones dropped, malformed lines skipped and the first's
+        reason."""
+        if not any(kind == "reddit" for _, kind in self.files):
+            return None
+        s = self.skipped
+        if not s.get("kept"):
+            return None  # not read yet (or a token cache from before these counts)
+        line = (
+            f"corpus {self.name!r}: kept {s['kept']:,} comment(s), dropped {s['deleted']:,} "
+            f"deleted or removed, skipped {s['malformed']:,} malformed line(s)"
+        )
+        if s["malformed"] and s.get("first_malformed"):
+            line += f" (first: {s['first_malformed']})"
+        return line
 
     def fingerprint(self) -> str:
         """sha256 of the files' contents and kinds and the loader version: the token cache key."""
@@ -350,6 +369,20 @@ def _binary_lines(path: pathlib.Path) -> Iterator[tuple[bytes, int]]:
             yield b"".join(pending), raw.tell()
 
 
+def _fresh_skipped() -> dict:
+    """A corpus pass's counts: Reddit lines malformed (skipped), comments deleted/removed and kept,
+    and the first malformed line's place and reason."""
+    return {"malformed": 0, "deleted": 0, "kept": 0, "first_malformed": None}
+
+
+def _json_problem(exc: json.JSONDecodeError) -> str:
+    """json's reason for a bad line, except that a line cut short (a truncated download, a partial
+    write) says so: json would report the cut as whatever it expected next."""
+    if exc.msg.startswith("Unterminated string") or exc.pos >= len(exc.doc.rstrip()):
+        return f"truncated JSON: the line ends after {len(exc.doc):,} characters, inside the object"
+    return str(exc)
+
+
 def _reddit_paragraph(body: str) -> str:
     """A comment as one paragraph: Reddit's HTML escaping undone, blank lines inside it folded."""
     body = body.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
@@ -371,7 +404,9 @@ def _read_reddit(path: pathlib.Path, skipped: dict) -> Iterator[tuple[str, int]]
             continue
         lines += 1
         try:
-            obj = json.loads(line)
+            # without its line ending, so a line cut inside a string reads as cut, not as a
+            # control character in the string
+            obj = json.loads(line.rstrip(b"\r\n"))
             body = obj["body"]
             if not isinstance(body, str):
                 raise TypeError(f'"body" is {type(body).__name__}, not a string')
@@ -379,8 +414,15 @@ def _read_reddit(path: pathlib.Path, skipped: dict) -> Iterator[tuple[str, int]]
         except (ValueError, KeyError, TypeError, RecursionError) as exc:
             malformed += 1
             if first_bad is None:
-                reason = f"no {exc} field" if isinstance(exc, KeyError) else str(exc)
+                if isinstance(exc, json.JSONDecodeError):
+                    reason = _json_problem(exc)
+                elif isinstance(exc, KeyError):
+                    reason = f"no {exc} field"
+                else:
+                    reason = str(exc)
                 first_bad = (lineno, reason.splitlines()[0][:120])
+                if skipped.get("first_malformed") is None:
+                    skipped["first_malformed"] = f"{path.name} line {lineno}: {first_bad[1]}"
             continue
         good += 1
         if body.strip() in REDDIT_DROPPED:
@@ -389,6 +431,7 @@ def _read_reddit(path: pathlib.Path, skipped: dict) -> Iterator[tuple[str, int]]
         paragraph = _reddit_paragraph(body)
         if not paragraph:
             continue
+        skipped["kept"] += 1
         pieces.append(paragraph + "\n\n")
         size += len(paragraph) + 2
         if size >= CHUNK_BYTES:
@@ -400,8 +443,8 @@ def _read_reddit(path: pathlib.Path, skipped: dict) -> Iterator[tuple[str, int]]
             f"{path}: none of its {lines:,} lines is a Reddit comment (a JSON object with a string "
             f'"body"); line {first_bad[0]}: {first_bad[1]}'
         )
-    if malformed:
-        logger.warning(
+    if malformed:  # the CLI prints Corpus.summary() once per command; this is for library users
+        logger.info(
             "%s: skipped %d malformed line(s) of %d (first at line %d: %s)",
             path,
             malformed,
@@ -646,6 +689,7 @@ def encode_corpus(
     path = (
         cache_dir / f"{safe_name}.{tokenizer.name}.{key}.{'u16' if dtype.itemsize == 2 else 'u32'}"
     )
+    counts_path = path.with_name(path.name + ".skipped.json")
     remove_stale_temporaries(cache_dir)  # partial caches of encoders that were killed
     if path.is_file():
         try:
@@ -654,6 +698,7 @@ def encode_corpus(
             logger.warning("%s; rebuilding it", exc)
         else:
             logger.info("token cache hit: %s", path)
+            _load_skipped(corpus, counts_path)
             return tokens
 
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -684,6 +729,9 @@ def encode_corpus(
             f.write(_cache_trailer(dtype, count, digest.digest()))
             f.flush()
             os.fsync(f.fileno())
+        if corpus.summary() is not None:
+            # a dump's counts beside its ids, so a cache hit can still say what the dump yielded
+            write_atomic(counts_path, json.dumps(corpus.skipped).encode("utf-8"))
         os.replace(tmp, path)
     except BaseException:
         pathlib.Path(tmp).unlink(missing_ok=True)
@@ -692,6 +740,16 @@ def encode_corpus(
     if corpus.skipped["malformed"] or corpus.skipped["deleted"]:
         logger.info("corpus %s: %s", corpus.name, corpus.skipped)
     return np.memmap(path, dtype=dtype, mode="r", shape=(count,))
+
+
+def _load_skipped(corpus: Corpus, counts_path: pathlib.Path) -> None:
+    """The counts of the pass that filled a token cache (absent for caches older than them)."""
+    try:
+        counts = json.loads(counts_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if isinstance(counts, dict) and set(_fresh_skipped()) <= set(counts):
+        corpus.skipped = counts
 
 
 # ---- batches ----------------------------------------------------------------------------------

@@ -81,6 +81,8 @@ def prepare_run(
     if message["resumed"]:
         run.weights = comm.bcast_arrays(run.weights if comm.rank == 0 else None)
         run.optimizer_state = comm.bcast_arrays(run.optimizer_state if comm.rank == 0 else None)
+    if message["initialised"]:
+        run.init_weights = comm.bcast_arrays(run.init_weights if comm.rank == 0 else None)
     return run
 
 
@@ -104,6 +106,7 @@ def _manifest(run: training.Run) -> dict:
     return {
         "state": run.state.to_json(),
         "resumed": run.resumed,
+        "initialised": run.init_weights is not None,  # --init-from: the start comes from rank 0
         "tokenizer": {"description": description, "files": files},
     }
 
@@ -118,6 +121,7 @@ def _run_from(message: dict, run_dir: pathlib.Path, data_home: pathlib.Path | No
         best_val_loss=raw["best_val_loss"],
         rng=raw["rng"],
         tokenizer=raw["tokenizer"],
+        timing=raw.get("timing") or {},
     )
     config = training.TrainConfig.from_dict(state.train)
     tokenizer = _tokenizer_from(message["tokenizer"])

@@ -16,7 +16,7 @@ import math
 import pathlib
 import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +28,7 @@ from femto.graph import Tensor, no_grad
 from femto.model import GPT
 from femto.runlock import checkpoint_lock
 from femto.tokenizers.base import Tokenizer, load_tokenizer
+from femto.tokenizers.special import encode_text
 
 logger = logging.getLogger(__name__)
 
@@ -65,11 +66,14 @@ def load_run(run_dir: pathlib.Path, device: str = "cpu") -> LoadedRun:
     return LoadedRun(model, tokenizer, state)
 
 
-def encode_prompt(tokenizer: Tokenizer, text: str, block_size: int) -> tuple[list[int], str | None]:
+def encode_prompt(
+    tokenizer: Tokenizer, text: str, block_size: int, allow_special: bool = False
+) -> tuple[list[int], str | None]:
     """Prompt ids (an empty prompt starts from a newline) cut to the last block_size tokens, and a
-    notice when they were cut. Text the tokenizer cannot encode raises its TokenizerError."""
+    notice when they were cut. Text the tokenizer cannot encode raises its TokenizerError. The
+    end-of-text marker in the text is ordinary text unless allow_special."""
     if text:
-        ids = tokenizer.encode(text)
+        ids = encode_text(tokenizer, text, allow_special)
     else:
         try:
             ids = tokenizer.encode("\n")
@@ -126,8 +130,10 @@ def generate(
     rng: np.random.Generator | None = None,
     on_token: Callable[[int], None] | None = None,
     use_cache: bool = True,
+    stop_ids: Collection[int] = (),
 ) -> list[int]:
     """Continue prompt_ids (1..block_size ids) by max_new_tokens tokens; returns only the new ones.
+    Generation ends early after a token in stop_ids (e.g. the end-of-text id), which is returned.
 
     use_cache=False recomputes the whole window for every token (the reference the cache is tested
     against, and a benchmark baseline).
@@ -141,7 +147,9 @@ def generate(
         raise ConfigError("sampling with temperature > 0 needs a seeded np.random.Generator")
     if not use_cache:
         with no_grad():
-            return _generate(model, ids, max_new_tokens, temperature, top_k, rng, on_token, None)
+            return _generate(
+                model, ids, max_new_tokens, temperature, top_k, rng, on_token, None, stop_ids
+            )
     generation = _generation_of(model)
     if not generation.lock.acquire(blocking=False):
         # the model's kept state is in use (another thread, or a generate() from an on_token
@@ -151,7 +159,7 @@ def generate(
     try:
         with no_grad():
             return _generate(
-                model, ids, max_new_tokens, temperature, top_k, rng, on_token, generation
+                model, ids, max_new_tokens, temperature, top_k, rng, on_token, generation, stop_ids
             )
     finally:
         generation.lock.release()
@@ -166,6 +174,7 @@ def _generate(
     rng: np.random.Generator | None,
     on_token: Callable[[int], None] | None,
     generation: _Generation | None,
+    stop_ids: Collection[int] = (),
 ) -> list[int]:
     """generate()'s loop, under no_grad; without a generation state, every token recomputes the
     window through the graph."""
@@ -188,7 +197,7 @@ def _generate(
         new.append(token)
         if on_token is not None:
             on_token(token)
-        if len(new) == max_new_tokens:
+        if len(new) == max_new_tokens or token in stop_ids:
             break
         if generation is not None and cache.length < block_size:
             logits = step.logits(model, [token], cache.length)
@@ -277,28 +286,73 @@ def _generation_of(model: GPT) -> _Generation:
     return generation
 
 
+def show_text(tokenizer: Tokenizer, ids: Sequence[int], eot_text: str = "\n\n") -> str:
+    """The text of `ids` for a reader: each end-of-text id as `eot_text` (a document break)."""
+    eot_id = getattr(tokenizer, "eot_id", None)
+    ids = [int(i) for i in ids]
+    if eot_id is None or eot_id not in ids:
+        return tokenizer.decode(ids)
+    documents, current = [], []
+    for token in ids:
+        if token == eot_id:
+            documents.append(current)
+            current = []
+        else:
+            current.append(token)
+    return eot_text.join(tokenizer.decode(d) for d in [*documents, current])
+
+
 class TextStream:
-    """Turns a growing list of ids into text pieces for `write`, decoding the whole tail each time
-    so multi-token characters (byte-level tokenizers) come out once complete."""
+    """Turns a stream of ids into text pieces for `write`, incrementally: each token is decoded with
+    a few ids before it (CONTEXT_IDS, for tokenizers whose pieces read differently at a boundary)
+    and only the text past theirs is written. A trailing U+FFFD is held back until a later token
+    completes the character (or MAX_PENDING ids show it never will). An end-of-text id is written
+    as `eot_text` (a document break), not as its marker."""
+
+    CONTEXT_IDS = 8
+    MAX_PENDING = 8  # UTF-8 needs at most 4 bytes; a longer wait is an invalid sequence
 
     def __init__(
-        self, tokenizer: Tokenizer, write: Callable[[str], None], context: Sequence[int] = ()
+        self,
+        tokenizer: Tokenizer,
+        write: Callable[[str], None],
+        context: Sequence[int] = (),
+        eot_text: str = "\n\n",
     ):
-        self.tokenizer, self.write = tokenizer, write
-        self.ids = list(context)
-        self.shown = len(tokenizer.decode(self.ids)) if self.ids else 0
+        self.tokenizer, self.write, self.eot_text = tokenizer, write, eot_text
+        self.eot_id = getattr(tokenizer, "eot_id", None)
+        context = [int(i) for i in context]
+        if self.eot_id in context:  # only the document being written matters
+            context = context[len(context) - context[::-1].index(self.eot_id) :]
+        self.context = context[-self.CONTEXT_IDS :]
+        self.pending: list[int] = []
+        # a context that ends mid-character (at most 3 of its 4 bytes): the first new tokens may
+        # complete it, so its last ids wait with them and the character is written whole
+        for _ in range(3):
+            if not self.context or not tokenizer.decode(self.context).endswith("\ufffd"):
+                break
+            self.pending.insert(0, self.context.pop())
+
+    def _emit(self, final: bool) -> None:
+        before = self.tokenizer.decode(self.context) if self.context else ""
+        text = self.tokenizer.decode(self.context + self.pending)
+        if not final and text.endswith("\ufffd") and len(self.pending) < self.MAX_PENDING:
+            return  # an incomplete UTF-8 sequence: wait for the next token
+        new = text[len(before) :] if text.startswith(before) else self.tokenizer.decode(self.pending)
+        if new:
+            self.write(new)
+        self.context = (self.context + self.pending)[-self.CONTEXT_IDS :]
+        self.pending = []
 
     def __call__(self, token: int) -> None:
-        self.ids.append(int(token))
-        text = self.tokenizer.decode(self.ids)
-        if text.endswith("\ufffd"):
-            return  # an incomplete UTF-8 sequence: wait for the next token
-        if len(text) > self.shown:
-            self.write(text[self.shown :])
-            self.shown = len(text)
+        if self.eot_id is not None and int(token) == self.eot_id:
+            self.flush()
+            self.write(self.eot_text)
+            self.context, self.pending = [], []
+            return
+        self.pending.append(int(token))
+        self._emit(final=False)
 
     def flush(self) -> None:
-        text = self.tokenizer.decode(self.ids)
-        if len(text) > self.shown:
-            self.write(text[self.shown :])
-            self.shown = len(text)
+        if self.pending:
+            self._emit(final=True)

@@ -15,7 +15,7 @@ import pathlib
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 
@@ -32,12 +32,14 @@ from femto.data import (
 )
 from femto.distributed import Communicator, SingleProcess
 from femto.divergence import DivergenceGuard
-from femto.errors import CheckpointError, ConfigError, TrainingDiverged
+from femto.errors import CheckpointError, ConfigError, TokenizerError, TrainingDiverged
 from femto.fileio import remove_stale_temporaries
+from femto.finetune import load_init_source
 from femto.graph import Tensor, backward, no_grad
 from femto.memory_estimate import check_fits, training_bytes
 from femto.model import GPT, GPTConfig
 from femto.optim import AdamW
+from femto.schedule_notice import schedule_notice
 from femto.timing import RunTimer
 from femto.tokenizers.base import Tokenizer, load_tokenizer, save_tokenizer
 
@@ -45,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 VAL_FRACTION = 0.1
 # options that define what a run is: changing them on resume would silently train something else
-RUN_IDENTITY = ("data", "tokenizer", "vocab", "sp_model_type", "seed")
+RUN_IDENTITY = ("data", "tokenizer", "vocab", "sp_model_type", "seed", "init_from")
 # config.json's "train" also records what a run's rank count made of the options (not options)
 DERIVED = ("ranks", "global_batch")
 
@@ -62,6 +64,7 @@ class TrainConfig:
     sp_model_type: str | None = None
     device: str = "cpu"
     steps: int = 2500
+    lr_decay_steps: int | None = None  # None: --steps (the cosine ends at the last step)
     batch_size: int = 16
     grad_accum: int = 1
     lr: float = 1e-3
@@ -77,6 +80,8 @@ class TrainConfig:
     log_every: int = 10
     sample_tokens: int = 200
     seed: int = 1337
+    keep_best: bool = False
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         # config.json may hold anything: types first, then ranges
@@ -99,6 +104,16 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{_flag(name)} must be a non-negative integer, got {value!r}")
+        if self.lr_decay_steps is not None and (
+            isinstance(self.lr_decay_steps, bool)
+            or not isinstance(self.lr_decay_steps, int)
+            or self.lr_decay_steps < 1
+        ):
+            raise ConfigError(
+                f"--lr-decay-steps must be a positive integer, got {self.lr_decay_steps!r}"
+            )
+        if not isinstance(self.keep_best, bool):
+            raise ConfigError(f"--keep-best must be true or false, got {self.keep_best!r}")
         if self.vocab is not None and (
             isinstance(self.vocab, bool) or not isinstance(self.vocab, int) or self.vocab < 1
         ):
@@ -143,14 +158,20 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def decay_steps(cfg: TrainConfig) -> int:
+    """The step at which the cosine reaches min_lr: --lr-decay-steps, else the last step."""
+    return cfg.steps if cfg.lr_decay_steps is None else cfg.lr_decay_steps
+
+
 def lr_at(it: int, cfg: TrainConfig) -> float:
-    """nanoGPT's schedule for iteration `it` (0-based): linear warm-up, then cosine to min_lr at the
-    last step."""
+    """nanoGPT's schedule for iteration `it` (0-based): linear warm-up, then cosine to min_lr at
+    decay_steps(cfg) (the last step unless --lr-decay-steps says otherwise), then min_lr."""
+    end = decay_steps(cfg)
     if it < cfg.warmup:
         return cfg.lr * (it + 1) / (cfg.warmup + 1)
-    if it >= cfg.steps or cfg.steps <= cfg.warmup:
+    if it >= end or end <= cfg.warmup:
         return cfg.min_lr
-    ratio = (it - cfg.warmup) / (cfg.steps - cfg.warmup)
+    ratio = (it - cfg.warmup) / (end - cfg.warmup)
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.lr - cfg.min_lr)
 
 
@@ -166,6 +187,8 @@ class Run:
     val_tokens: np.ndarray
     weights: dict[str, np.ndarray] | None = None  # None: a new run, initialised from the seed
     optimizer_state: dict[str, np.ndarray] | None = None
+    init_weights: dict[str, np.ndarray] | None = None  # a new run's start (--init-from)
+    notices: list[str] = field(default_factory=list)  # for the user, before training starts
 
     @property
     def resumed(self) -> bool:
@@ -220,6 +243,9 @@ def prepare_run(
                 "Drop them to resume, or pick another --out for a new run"
             )
         config = replace(saved_train, **train_options)
+        notice = schedule_notice(saved_train, config, state.step, lr_at, decay_steps)
+        notices = [notice] if notice else []
+        init_weights = None
         tokenizer = load_tokenizer(run_dir, state.tokenizer)
         if tokenizer.vocab_size != state.model.vocab_size:
             raise ConfigError(
@@ -233,28 +259,51 @@ def prepare_run(
         model_config = state.model
     else:
         config = TrainConfig(**train_options)
-        # fail on bad sizes before any slow work; the vocabulary is not known yet, so its least
-        # plausible size (--vocab, else one symbol) stands in until the tokenizer is trained
-        sizes = GPTConfig(**{"vocab_size": config.vocab or 1, **model_options})
-        _check_training_fits(sizes, config, vocab_known=config.vocab is not None)
+        if config.init_from is None:
+            # fail on bad sizes before any slow work; the vocabulary is not known yet, so its least
+            # plausible size (--vocab, else one symbol) stands in until the tokenizer is trained
+            sizes = GPTConfig(**{"vocab_size": config.vocab or 1, **model_options})
+            _check_training_fits(sizes, config, vocab_known=config.vocab is not None)
         corpus = resolve_corpus(config.data, data_home)
-        options = {"model_type": config.sp_model_type} if config.sp_model_type else {}
-        tokenizer = train_tokenizer(
-            corpus, config.tokenizer, config.vocab, tokenizer_progress, **options
-        )
-        model_config = GPTConfig(**{**model_options, "vocab_size": tokenizer.vocab_size})
+        weights = optimizer_state = init_weights = None
+        notices = []
+        if config.init_from is None:
+            options = {"model_type": config.sp_model_type} if config.sp_model_type else {}
+            tokenizer = train_tokenizer(
+                corpus, config.tokenizer, config.vocab, tokenizer_progress, **options
+            )
+            model_config = GPTConfig(**{**model_options, "vocab_size": tokenizer.vocab_size})
+        else:
+            source = load_init_source(
+                pathlib.Path(config.init_from), model_options, train_options.get("tokenizer"),
+                config.vocab,
+            )  # fmt: skip
+            tokenizer, model_config, init_weights = source.tokenizer, source.model, source.weights
+            # the new run's config.json names the tokenizer it really uses: the source's
+            config = replace(config, **source.tokenizer_options)
         _check_training_fits(model_config, config)
         state = ckpt.RunState(model=model_config, train=config.to_dict())
-        weights = optimizer_state = None
-    tokens = encode_corpus(corpus, tokenizer, cache_dir, progress)
+    try:
+        tokens = encode_corpus(corpus, tokenizer, cache_dir, progress)
+    except TokenizerError as exc:
+        if init_weights is None:
+            raise
+        raise TokenizerError(
+            f"--init-from {config.init_from} keeps the source run's tokenizer, which cannot encode "
+            f"--data {config.data}: {exc}"
+        ) from None
+    summary = corpus.summary()
+    if summary:
+        notices.append(summary)
     train_tokens, val_tokens = train_val_split(tokens, VAL_FRACTION)
     T = model_config.block_size
     check_windows(train_tokens, T, f"the training split of {corpus.name!r}")
     check_windows(val_tokens, T, f"the validation split of {corpus.name!r}")
     state.train = config.to_dict()
     return Run(
-        run_dir, state, config, tokenizer, train_tokens, val_tokens, weights, optimizer_state
-    )
+        run_dir, state, config, tokenizer, train_tokens, val_tokens, weights, optimizer_state,
+        init_weights, notices,
+    )  # fmt: skip
 
 
 def _check_training_fits(model: GPTConfig, config: TrainConfig, vocab_known: bool = True) -> None:
@@ -419,7 +468,8 @@ def train(
     "done" (step, stopped, timing: femto.timing.Totals over every session, tokens_seen). Setting
     `stop` ends the loop after the current step with a checkpoint. Evaluation and checkpoint
     durations (with whatever the checkpoint callback does, such as sampling) are measured and
-    counted in the ETA. A state that diverged is never saved: TrainingDiverged says which step and
+    counted in the ETA. "best" after --keep-best saved a new best (step, val_loss,
+    dir). A state that diverged is never saved: TrainingDiverged says which step and
     why.
 
     With `comm` of N ranks (every rank calls train with the same run): the global batch is
@@ -440,6 +490,8 @@ def train(
         grad_clip=cfg.grad_clip,
     )  # fmt: skip
     micro_step = TrainStep(model)
+    if run.init_weights is not None:
+        model.load_numpy(run.init_weights, f"--init-from {cfg.init_from}")
     if run.resumed:
         model.load_numpy(run.weights, str(run_dir / ckpt.MODEL_FILE))
         optimizer.load_state_arrays(
@@ -496,6 +548,17 @@ def train(
         saved_step = state.step
         timer.add_checkpoint(time.perf_counter() - t_save)
 
+    def save_best() -> None:
+        # a whole checkpoint of its own (a run directory femto can sample, evaluate or resume),
+        # committed like the main one, so a crash mid-save leaves the previous best readable
+        state.rng = {"micro_batches": next_micro_batch}
+        state.tokenizer = tokenizer_description
+        state.train = {**cfg.to_dict(), **derived}
+        best_dir = run_dir / ckpt.BEST_DIR
+        save_tokenizer(run.tokenizer, best_dir)  # first: the committed config.json names its files
+        ckpt.save_checkpoint(best_dir, model.to_numpy(), optimizer.state_arrays(), state)
+        emit({"kind": "best", "step": state.step, "val_loss": state.best_val_loss, "dir": best_dir})
+
     while state.step < cfg.steps:
         t0 = time.perf_counter()
         lr = lr_at(state.step, cfg)
@@ -547,6 +610,8 @@ def train(
             last_val = val_loss
             if state.best_val_loss is None or val_loss < state.best_val_loss:
                 state.best_val_loss = val_loss
+                if cfg.keep_best and root:
+                    save_best()
             emit({
                 "kind": "eval", "step": state.step, "train_loss": train_loss, "val_loss": val_loss,
                 "avg_tokens_per_s": tokens_per_step / avg_step if avg_step > 0 else 0.0,

@@ -79,7 +79,10 @@ def test_train_sentencepiece_bpe_on_a_zst_reddit_dump(tmp_path):
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "sentencepiece tokenizer (bpe, 320 symbols)" in result.output
-    assert "skipped 1 malformed line(s); dropped 2 deleted or removed comment(s)" in result.output
+    assert (
+        "kept 300 comment(s), dropped 2 deleted or removed, skipped 1 malformed line(s)"
+        in result.output
+    )
     assert (out / "tokenizer.model").is_file()
     stats = run("tokenize", "stats", "--out", str(out), "--data", str(dump))
     assert stats.exit_code == 0, stats.output

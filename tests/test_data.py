@@ -177,7 +177,7 @@ def test_reddit_dump_one_comment_per_paragraph(tmp_path, compress):
         "Two\nparagraphs   inside\nand a line\n\n"
         "emoji 🙂 and ü\n\n"
     )
-    assert corpus.skipped == {"malformed": 0, "deleted": 2}
+    assert corpus.skipped == {"malformed": 0, "deleted": 2, "kept": 3, "first_malformed": None}
 
 
 def test_reddit_malformed_lines_are_skipped_and_counted(tmp_path, caplog):
@@ -193,11 +193,26 @@ def test_reddit_malformed_lines_are_skipped_and_counted(tmp_path, caplog):
         ],
     )
     corpus = resolve_corpus(str(path))
-    with caplog.at_level(logging.WARNING, logger="femto.data"):
+    with caplog.at_level(logging.INFO, logger="femto.data"):
         text = "".join(corpus.texts())
     assert text == "good one\n\ngood two\n\n"
     assert corpus.skipped["malformed"] == 4
     assert "skipped 4 malformed line(s) of 6 (first at line 2" in caplog.text
+    assert corpus.summary() == (
+        "corpus 'dump.ndjson': kept 2 comment(s), dropped 0 deleted or removed, skipped 4 "
+        "malformed line(s) (first: dump.ndjson line 2: Expecting property name enclosed in double "
+        "quotes: line 1 column 2 (char 1))"
+    )
+
+
+def test_reddit_truncated_line_is_reported_as_truncated(tmp_path):
+    cut = comment("a comment cut short by a partial download")[:20]
+    path = write_dump(tmp_path / "dump.jsonl", [comment("fine"), cut, "{\"body\": \"x\" 3}"])
+    corpus = resolve_corpus(str(path))
+    assert "".join(corpus.texts()) == "fine\n\n"
+    assert corpus.skipped["malformed"] == 2
+    assert "line 2: truncated JSON" in corpus.summary()
+    assert "Invalid control character" not in corpus.summary()
 
 
 def test_reddit_invalid_utf8_line_is_malformed_not_fatal(tmp_path):

@@ -61,7 +61,10 @@ TABLE = [
     ("femto.timing", []),  # stdlib arithmetic on durations: the ETA and the run's time totals
     # data-parallel communication beside optim: buffers of a backend, never a model (issue 10)
     ("femto.distributed", ["femto.backend.base", "femto.backend.opencl"]),
-    ("femto.train", [*BELOW_TRAIN, "femto.timing", "femto.distributed"]),
+    (
+        "femto.train",
+        [*BELOW_TRAIN, "femto.timing", "femto.distributed", "femto.finetune", "femto.schedule_notice"],
+    ),
     # prepares one run on every rank: above train, below cli
     ("femto.parallel_run", ["femto.train", "femto.distributed", *BELOW_TRAIN]),
     ("femto.sample", BELOW_TRAIN),
@@ -70,6 +73,10 @@ TABLE = [
     ("femto.runlog", ["femto.checkpoint"]),  # metrics.jsonl read back
     ("femto.plot", ["femto.runlog"]),  # charts of runlogs; plotext / matplotlib lazily
     ("femto.progress", []),  # the CLI layer's progress bars and status line: only cli imports it
+    ("femto.finetune", ["femto.checkpoint", "femto.model", "femto.tokenizers.base"]),
+    ("femto.schedule_notice", []),  # words about train's schedule, which it is passed
+    ("femto.config_file", []),  # --config TOML parsing for the CLI
+    ("femto.export_hf", ["femto.checkpoint", "femto.model", "femto.tokenizers.base"]),
     (
         "femto.cli",
         [
@@ -78,6 +85,8 @@ TABLE = [
             "femto.distributed",
             "femto.sample",
             "femto.evaluate",
+            "femto.config_file",
+            "femto.export_hf",
             "femto.tokenizers",
             "femto.tokenizers.*",
             "femto.data",

@@ -251,3 +251,49 @@ class SentencePieceTokenizer(Tokenizer):
                 f"{path} holds {tokenizer.vocab_size} pieces but the run expects {expected}"
             )
         return tokenizer
+
+    # ---- for exporters (femto export --hf) ----
+
+    def piece_scores(self) -> list[tuple[str, float]]:
+        """Every piece and its score, by id: unigram log-probabilities, or BPE merge priorities."""
+        return [(self._sp.id_to_piece(i), self._sp.get_score(i)) for i in range(self.vocab_size)]
+
+    @property
+    def model_type(self) -> str:
+        """unigram or bpe, read from the model's TrainerSpec (no protobuf package needed)."""
+        spec = _proto_field(self.model_proto, 2, 2)  # ModelProto.trainer_spec
+        kind = _proto_field(spec, 3, 0) if spec is not None else None  # TrainerSpec.model_type
+        return {1: "unigram", 2: "bpe", 3: "word", 4: "char"}.get(kind, "unigram")
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, pos
+
+
+def _proto_field(data: bytes, number: int, wire: int):
+    """The first field `number` of a protobuf message: bytes (wire type 2) or an int (type 0)."""
+    pos = 0
+    while pos < len(data):
+        key, pos = _varint(data, pos)
+        field_number, field_wire = key >> 3, key & 7
+        if field_wire == 0:
+            value, pos = _varint(data, pos)
+        elif field_wire == 2:
+            length, pos = _varint(data, pos)
+            value, pos = data[pos : pos + length], pos + length
+        elif field_wire == 5:
+            value, pos = data[pos : pos + 4], pos + 4
+        elif field_wire == 1:
+            value, pos = data[pos : pos + 8], pos + 8
+        else:
+            return None
+        if field_number == number and field_wire == wire:
+            return value
+    return None
