@@ -187,7 +187,7 @@ def _ux_read_prompt_file(path: str) -> str:
         raise ConfigError(f"--prompt-file {path} is not UTF-8 (byte {exc.start:,})") from None
 
 
-@main.command(name="export")
+@main.command(name="export", short_help="Export a run as a Hugging Face transformers GPT-2 folder.")
 @click.option("--out", default="out", show_default=True, help="Run directory to export.")
 @click.option(
     "--hf", "hf_dir", required=True, metavar="DIR",

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from femto.checkpoint import decode_safetensors, encode_safetensors, load_state
-from femto.data import _read_reddit, resolve_corpus, train_tokenizer
+from femto.data import _fresh_skipped, _read_reddit, resolve_corpus, train_tokenizer
 from femto.errors import CheckpointError, DatasetError, FemtoError, TokenizerError
 from femto.model import GPTConfig
 from femto.tokenizers.base import load_tokenizer, save_tokenizer
@@ -204,7 +204,7 @@ reddit_lines = st.one_of(
 def test_reddit_reader_on_any_lines(run_dir, lines, newline):
     path = run_dir / "RC_2006-01.jsonl"
     path.write_bytes(newline.join(line.replace(b"\n", b" ") for line in lines))
-    skipped = {"malformed": 0, "deleted": 0}
+    skipped = _fresh_skipped()
     try:
         for text, consumed in _read_reddit(path, skipped):
             assert isinstance(text, str) and 0 <= consumed <= path.stat().st_size
@@ -222,7 +222,7 @@ def test_reddit_reader_on_any_zst_bytes(run_dir, raw):
     for data in (raw, compressed, compressed[: len(compressed) // 2]):
         path.write_bytes(data)
         try:
-            list(_read_reddit(path, {"malformed": 0, "deleted": 0}))
+            list(_read_reddit(path, _fresh_skipped()))
         except FemtoError as exc:
             assert isinstance(exc, DatasetError)
 
