@@ -83,3 +83,26 @@ def test_a_signal_during_start_up_leaves_a_run_as_it_was(work, tmp_path):
     _, err = child.communicate(timeout=60)
     assert child.returncode == 1 and "interrupted during start-up" in one_line(err)
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_a_signal_while_femto_is_still_importing_is_one_line(work, tmp_path):
+    """The `femto` entry point (femto_launcher.py) runs before femto and numpy are imported: a Ctrl-C
+    there, the first fraction of a second, is one line too, not an import traceback."""
+    import subprocess
+    import sys
+
+    from helpers_a import child_env
+
+    corpus, env, _ = work
+    code = "import femto_launcher\nprint('importing', flush=True)\nfemto_launcher.main()\n"
+    args = ["train", "--data", corpus, "--out", tmp_path / "run", *TINY]
+    child = subprocess.Popen(
+        [sys.executable, "-c", code, *map(str, args)], env=child_env(env),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    wait_for_line(child, "importing")  # numpy and the extension take 100+ ms to import after this
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 1
+    assert one_line(err).startswith("Error: interrupted during start-up")
+    assert not (tmp_path / "run").exists()
