@@ -2,13 +2,13 @@
 
 Same architecture as femto/model.py and nanoGPT (fused qkv, GELU tanh, tied lm_head, pre-LayerNorm
 blocks), the same AdamW settings, and a KV-cache generation loop like femto's sampler, so that the
-benchmarks compare kernels and overhead, not different models. tests/test_torch_twin.py loads femto's
-weights into it and checks that loss and gradients agree.
+benchmarks compare kernels and overhead, not different models. tests/test_torch_twin.py loads
+femto's weights into it and checks that loss and gradients agree.
 
-Without targets, forward computes the last position only, as femto's forward_cached(last_only=True)
-does: nanoGPT's head (lm_head(x[:, [-1], :])) and, beyond nanoGPT, the last block after attention and
-ln_f on that one row too (every position's keys and values are still computed and cached), so that
-the sampling benchmark times equal work on both sides.
+Without targets, forward computes the last position only, as femto's
+forward_cached(last_only=True) does: nanoGPT's head (lm_head(x[:, [-1], :])) and, beyond nanoGPT,
+the last block after attention and ln_f on that one row too (every position's keys and values are
+still computed and cached), so that the sampling benchmark times equal work on both sides.
 """
 
 from __future__ import annotations
@@ -112,7 +112,8 @@ class TorchGPT(nn.Module):
             for name, array in arrays.items():
                 target = own[femto_to_twin_name(name)]
                 if tuple(target.shape) != array.shape:
-                    raise ValueError(f"{name}: shape {array.shape}, the twin has {tuple(target.shape)}")
+                    shape = tuple(target.shape)
+                    raise ValueError(f"{name}: shape {array.shape}, the twin has {shape}")
                 target.copy_(torch.from_numpy(array))
 
     @torch.inference_mode()
