@@ -173,10 +173,17 @@ def bench_shape(layer: str, N: int, C: int, OC: int, args: argparse.Namespace) -
     if bad:
         raise SystemExit(f"matmul {layer} N={N} C={C} OC={OC}: femto disagrees with numpy: {bad}")
 
+    # numpy writes into preallocated outputs too (out=), as femto's kernels do: neither side times
+    # an allocation (numpy overwrites dweight and dbias where femto adds into them, its extra reads
+    # counted against femto)
+    np_out, np_dinp = np.empty_like(out), np.empty_like(dinp)
+    np_dweight, np_dbias = np.empty_like(dweight), np.empty_like(dbias)
+    weight_t, dout_t = weight.T, dout.T  # views, as femto reads the same memory transposed
+
     def numpy_backward() -> None:
-        dout @ weight
-        dout.T @ inp
-        dout.sum(axis=0)
+        np.matmul(dout, weight, out=np_dinp)
+        np.matmul(dout_t, inp, out=np_dweight)
+        np.sum(dout, axis=0, out=np_dbias)
 
     def femto_backward(d_inp: Any, d_weight: Any, d_bias: Any) -> Callable[[], None]:
         # dinp is overwritten, as a training step does for a fresh activation gradient (and numpy)
@@ -185,9 +192,11 @@ def bench_shape(layer: str, N: int, C: int, OC: int, args: argparse.Namespace) -
     macs, null = N * C * OC, ffi.NULL
     products = [
         ("forward", 2 * macs, lambda: lib.matmul_forward(p_out, p_inp, p_w, null, N, C, OC),
-         lambda: inp @ weight.T),
-        ("dinp", 2 * macs, femto_backward(p_dinp, null, null), lambda: dout @ weight),
-        ("dweight", 2 * macs, femto_backward(null, p_dw, null), lambda: dout.T @ inp),
+         lambda: np.matmul(inp, weight_t, out=np_out)),
+        ("dinp", 2 * macs, femto_backward(p_dinp, null, null),
+         lambda: np.matmul(dout, weight, out=np_dinp)),
+        ("dweight", 2 * macs, femto_backward(null, p_dw, null),
+         lambda: np.matmul(dout_t, inp, out=np_dweight)),
         ("backward", 4 * macs + N * OC, femto_backward(p_dinp, p_dw, p_db), numpy_backward),
     ]  # fmt: skip
     rows = []

@@ -3,7 +3,10 @@ key/value cache, for the configs of bench/train_speed.py (A-D of issue 6).
 
 Each framework runs in its own subprocess on the same thread count, with random weights (speed does
 not depend on them) and temperature-1 sampling. Both slide the window the same way once the context
-exceeds block_size (the cache is rebuilt from the last block_size tokens). It does not compare text.
+exceeds block_size (the cache is rebuilt from the last block_size tokens), and both do the same work
+per token: with the cache, the last position's logits only (femto's forward_cached(last_only=True),
+the twin's last-only forward under torch.inference_mode()); without it, every position's (femto's
+graph forward). It does not compare text. Memory columns as in train_speed.py.
 """
 
 from __future__ import annotations
@@ -16,10 +19,16 @@ import sys
 import time
 
 from train_speed import (
+    MEMORY_NOTE,
     add_common_args,
     config_dict,
+    import_framework,
+    memory_cells,
+    memory_head,
+    memory_ratios,
+    memory_record,
     parse_common_args,
-    peak_rss_mib,
+    rss_mib,
     spawn,
     torch_wanted,
     write_json,
@@ -63,9 +72,11 @@ def torch_generator(cfg: dict[str, int], threads: int):
 
 
 def run_worker(framework: str, config: str, threads: int, tokens: int, repeats: int) -> dict:
+    rss_import = import_framework(framework)
     cfg = config_dict(config)
     make = femto_generator if framework == "femto" else torch_generator
     run = make(cfg, threads)
+    rss_build = rss_mib()
     result = {"framework": framework, "config": config, "threads": threads, "tokens": tokens}
     for mode in MODES:
         use_cache = mode == "cache"
@@ -76,14 +87,14 @@ def run_worker(framework: str, config: str, threads: int, tokens: int, repeats: 
             run(tokens, use_cache)
             times.append(time.perf_counter() - t0)
         result[f"{mode}_tokens_per_s"] = tokens / statistics.median(times)
-    result["peak_rss_mib"] = peak_rss_mib()
+    result.update(memory_record(rss_import, rss_build))
     return result
 
 
 def format_table(rows: list[dict]) -> str:
     head = (
-        f"{'cfg':<4}{'framework':<10}{'cache tok/s':>13}{'no-cache tok/s':>16}{'RSS MiB':>9}"
-        f"{'cache vs torch cache':>22}"
+        f"{'cfg':<4}{'framework':<10}{'cache tok/s':>13}{'no-cache tok/s':>16}"
+        f"{'cache vs torch cache':>22}{memory_head()}"
     )
     lines = [head, "-" * len(head)]
     for row in rows:
@@ -95,7 +106,7 @@ def format_table(rows: list[dict]) -> str:
             )
             lines.append(
                 f"{row['config']:<4}{r['framework']:<10}{r['cache_tokens_per_s']:>13.0f}"
-                f"{r['no_cache_tokens_per_s']:>16.0f}{r['peak_rss_mib']:>9.0f}{ratio:>22}"
+                f"{r['no_cache_tokens_per_s']:>16.0f}{ratio:>22}{memory_cells(r, row)}"
             )
     return "\n".join(lines)
 
@@ -132,11 +143,12 @@ def main(argv: list[str] | None = None) -> None:
             row["speed_ratio"] = (
                 row["femto"]["cache_tokens_per_s"] / row["torch"]["cache_tokens_per_s"]
             )
+            row.update(memory_ratios(row["femto"], row["torch"]))
         rows.append(row)
         print(f"config {config} done", file=sys.stderr)
     print(
         f"generation at batch 1, {args.tokens} tokens, {args.threads} threads, median of "
-        f"{args.repeats} runs; ratio = femto cache tok/s / PyTorch cache tok/s"
+        f"{args.repeats} runs; ratio = femto cache tok/s / PyTorch cache tok/s\n{MEMORY_NOTE}"
     )
     print(format_table(rows))
     if args.json:

@@ -2,7 +2,13 @@
 
 Same architecture as femto/model.py and nanoGPT (fused qkv, GELU tanh, tied lm_head, pre-LayerNorm
 blocks), the same AdamW settings, and a KV-cache generation loop like femto's sampler, so that the
-benchmarks compare kernels and overhead, not different models.
+benchmarks compare kernels and overhead, not different models. tests/test_torch_twin.py loads
+femto's weights into it and checks that loss and gradients agree.
+
+Without targets, forward computes the last position only, as femto's
+forward_cached(last_only=True) does: nanoGPT's head (lm_head(x[:, [-1], :])) and, beyond nanoGPT,
+the last block after attention and ln_f on that one row too (every position's keys and values are
+still computed and cached), so that the sampling benchmark times equal work on both sides.
 """
 
 from __future__ import annotations
@@ -25,21 +31,32 @@ class Block(nn.Module):
         self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
         self.mlp_proj = nn.Linear(4 * n_embd, n_embd, bias=bias)
 
-    def attention(self, x: torch.Tensor, cache: dict | None, pos: int) -> torch.Tensor:
+    def attention(
+        self, x: torch.Tensor, cache: dict | None, pos: int, last_only: bool
+    ) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C), or (B, 1, C) for the last query alone when last_only."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        if cache is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:
+        keys, values = k, v
+        if cache is not None:
             cache["k"][:, :, pos : pos + T] = k
             cache["v"][:, :, pos : pos + T] = v
             keys, values = cache["k"][:, :, : pos + T], cache["v"][:, :, : pos + T]
+        if last_only and T > 1:
+            # the last query sees every key, so it needs no mask
+            q, T = q[:, :, -1:], 1
+            y = F.scaled_dot_product_attention(q, keys, values)
+        else:
+            # T > 1 only at position 0 (a fresh window), where the causal mask is the usual one
             y = F.scaled_dot_product_attention(q, keys, values, is_causal=(T > 1))
         return self.attn_proj(y.transpose(1, 2).contiguous().view(B, T, C))
 
-    def forward(self, x: torch.Tensor, cache: dict | None = None, pos: int = 0) -> torch.Tensor:
-        x = x + self.attention(self.ln_1(x), cache, pos)
+    def forward(
+        self, x: torch.Tensor, cache: dict | None = None, pos: int = 0, last_only: bool = False
+    ) -> torch.Tensor:
+        y = self.attention(self.ln_1(x), cache, pos, last_only)
+        x = (x[:, -1:] if last_only else x) + y
         return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
 
 
@@ -60,11 +77,18 @@ class TorchGPT(nn.Module):
             elif name.endswith("bias"):
                 nn.init.zeros_(p)
 
-    def forward(self, idx, targets=None, caches=None, pos: int = 0):
+    def forward(self, idx, targets=None, caches=None, pos: int = 0, last_only: bool | None = None):
+        """Logits (B, T, V) and the loss given targets; without targets (or with last_only), the
+        last position's logits (B, 1, V) only, with the last block trimmed to that row."""
+        if last_only is None:
+            last_only = targets is None
+        if last_only and targets is not None:
+            raise ValueError("a loss needs every position's logits: last_only with targets")
         T = idx.shape[1]
         x = self.wte(idx) + self.wpe(torch.arange(pos, pos + T))
         for i, block in enumerate(self.h):
-            x = block(x, caches[i] if caches is not None else None, pos)
+            trim = last_only and i == len(self.h) - 1
+            x = block(x, caches[i] if caches is not None else None, pos, trim)
         logits = self.lm_head(self.ln_f(x))
         if targets is None:
             return logits, None
@@ -81,9 +105,22 @@ class TorchGPT(nn.Module):
         shape = (batch, self.n_head, self.block_size, hs)
         return [{"k": torch.zeros(shape), "v": torch.zeros(shape)} for _ in self.h]
 
-    @torch.no_grad()
+    def load_femto(self, arrays: dict) -> None:
+        """Copy femto's parameters (nanoGPT's names, femto.model.GPT.to_numpy()) into this model."""
+        own = dict(self.named_parameters())
+        with torch.no_grad():
+            for name, array in arrays.items():
+                target = own[femto_to_twin_name(name)]
+                if tuple(target.shape) != array.shape:
+                    shape = tuple(target.shape)
+                    raise ValueError(f"{name}: shape {array.shape}, the twin has {shape}")
+                target.copy_(torch.from_numpy(array))
+
+    @torch.inference_mode()
     def generate(self, idx: torch.Tensor, new_tokens: int, use_cache: bool) -> torch.Tensor:
-        """Greedy-free multinomial sampling at temperature 1; with a cache, one position per step."""
+        """Multinomial sampling at temperature 1; with a cache, one position per step. Like femto's
+        sampler, the cached loop computes the last position's logits only, and the uncached one
+        every position's (femto's graph forward has no last-only form)."""
         generator = torch.Generator().manual_seed(0)
         caches, pos = None, 0
         for _ in range(new_tokens):
@@ -97,7 +134,16 @@ class TorchGPT(nn.Module):
                     logits, _ = self(idx[:, -1:], caches=caches, pos=pos)
                     pos += 1
             else:
-                logits, _ = self(idx[:, -self.block_size :])
+                logits, _ = self(idx[:, -self.block_size :], last_only=False)
             probs = F.softmax(logits[:, -1, :], dim=-1)
             idx = torch.cat([idx, torch.multinomial(probs, 1, generator=generator)], dim=1)
         return idx
+
+
+def femto_to_twin_name(name: str) -> str:
+    """femto's (nanoGPT's) parameter name -> this module's: transformer.h.0.attn.c_proj.weight ->
+    h.0.attn_proj.weight."""
+    name = name.removeprefix("transformer.")
+    return name.replace("attn.c_proj", "attn_proj").replace("mlp.c_proj", "mlp_proj").replace(
+        "attn.c_attn", "c_attn"
+    ).replace("mlp.c_fc", "c_fc")

@@ -3,7 +3,9 @@
 For each config (A-D of issue 6) it runs femto and, when torch is installed (the optional `bench`
 extra), the PyTorch twin in bench/torch_gpt.py, each in its own subprocess so peak RSS is per
 framework, on the same thread count and batches. It prints the median ms/step over the timed steps,
-tokens/s, model GFLOP/s and peak RSS, and femto's speed ratio to PyTorch. It does not check losses.
+tokens/s, model GFLOP/s, memory (RSS right after importing the framework, peak RSS, and the peak above
+the import: what the model and its training use) and femto's ratios to PyTorch. It does not check
+losses.
 `--load N` keeps N busy processes spinning beside both frameworks (a loaded machine); `--omp-wait`
 sets OMP_WAIT_POLICY (or GOMP_SPINCOUNT) for the femto workers, to measure OpenMP's idle waiting.
 """
@@ -51,7 +53,47 @@ def flops_per_token(cfg: dict[str, int]) -> int:
 
 
 def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    """The process's peak resident set so far, in MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # macOS: bytes; Linux: KiB
+
+
+def rss_mib() -> float:
+    """The process's resident set now, in MiB (Linux's /proc; elsewhere the peak so far, which right
+    after the imports is the same but for what the imports freed)."""
+    try:
+        status = pathlib.Path("/proc/self/status").read_text()
+    except OSError:
+        return peak_rss_mib()
+    kib = next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))
+    return int(kib) / 1024
+
+
+# what each worker imports before it builds anything: femto's modules load its C extension, torch's
+# its libraries
+FRAMEWORK_MODULES = {
+    "femto": ("numpy", "femto.backend.cpu", "femto.model", "femto.optim", "femto.train",
+              "femto.sample"),
+    "torch": ("numpy", "torch", "torch_gpt"),
+}  # fmt: skip
+
+
+def import_framework(framework: str) -> float:
+    """Import the framework's modules; the RSS right after, in MiB (its import footprint)."""
+    for name in FRAMEWORK_MODULES[framework]:
+        importlib.import_module(name)
+    return rss_mib()
+
+
+def memory_record(rss_import: float, rss_build: float) -> dict[str, float]:
+    """A worker's memory figures; the peak above the import is what the run itself added."""
+    peak = peak_rss_mib()
+    return {
+        "rss_after_import_mib": rss_import,
+        "rss_after_build_mib": rss_build,
+        "peak_rss_mib": peak,
+        "peak_above_import_mib": peak - rss_import,
+    }
 
 
 # ---- workers: each runs in its own process and prints one JSON line ----
@@ -107,11 +149,11 @@ def torch_trainer(cfg: dict[str, int], threads: int):
 def run_worker(framework: str, config: str, threads: int, warmup: int, steps: int) -> dict:
     import numpy as np
 
-    rss_start = peak_rss_mib()
+    rss_import = import_framework(framework)
     cfg = config_dict(config)
     make = femto_trainer if framework == "femto" else torch_trainer
     step, convert = make(cfg, threads)
-    rss_model = peak_rss_mib()
+    rss_build = rss_mib()
     B, T, V = cfg["batch_size"], cfg["block_size"], cfg["vocab_size"]
     rng = np.random.default_rng(1)
     batches = []
@@ -135,9 +177,7 @@ def run_worker(framework: str, config: str, threads: int, warmup: int, steps: in
         "ms_min": min(times) * 1e3,
         "tokens_per_s": tokens / (ms / 1e3),
         "gflops": flops_per_token(cfg) * tokens / (ms / 1e3) / 1e9,
-        "peak_rss_mib": peak_rss_mib(),
-        "rss_after_import_mib": rss_start,
-        "rss_after_build_mib": rss_model,
+        **memory_record(rss_import, rss_build),
         "first_loss": losses[0],
         "last_loss": losses[-1],
     }
@@ -201,24 +241,51 @@ def best_of(results: list[dict]) -> dict:
     return min(results, key=lambda r: r["ms_per_step"])
 
 
+MEMORY_NOTE = (
+    "MiB: import = RSS right after importing the framework, peak = peak RSS, run = peak - import; "
+    "ratios femto / PyTorch"
+)
+
+
+def memory_head() -> str:
+    return f"{'import':>8}{'peak':>7}{'run':>7}{'peak vs':>9}{'run vs':>8}"
+
+
+def memory_cells(r: dict, row: dict) -> str:
+    """A worker's memory columns; on femto's line with PyTorch beside, the two ratios."""
+    peak_ratio = run_ratio = ""
+    if r["framework"] == "femto" and row.get("torch"):
+        peak_ratio, run_ratio = f"{row['rss_ratio']:.2f}x", f"{row['run_rss_ratio']:.2f}x"
+    return (
+        f"{r['rss_after_import_mib']:>8.0f}{r['peak_rss_mib']:>7.0f}"
+        f"{r['peak_above_import_mib']:>7.0f}{peak_ratio:>9}{run_ratio:>8}"
+    )
+
+
+def memory_ratios(femto: dict, torch: dict) -> dict[str, float]:
+    """femto's peak RSS, and its peak above the import, over PyTorch's."""
+    return {
+        "rss_ratio": femto["peak_rss_mib"] / torch["peak_rss_mib"],
+        "run_rss_ratio": femto["peak_above_import_mib"] / max(torch["peak_above_import_mib"], 1e-9),
+    }
+
+
 def format_table(rows: list[dict]) -> str:
     head = (
-        f"{'cfg':<4}{'framework':<10}{'ms/step':>9}{'tok/s':>10}{'GFLOP/s':>9}{'RSS MiB':>9}"
-        f"{'speed vs torch':>16}{'RSS vs torch':>14}"
+        f"{'cfg':<4}{'framework':<10}{'ms/step':>9}{'tok/s':>10}{'GFLOP/s':>9}"
+        f"{'speed vs torch':>16}{memory_head()}"
     )
     lines = [head, "-" * len(head)]
     for row in rows:
         for r in (row["femto"], row.get("torch")):
             if r is None:
                 continue
-            speed = rss = ""
+            speed = ""
             if r["framework"] == "femto" and row.get("torch"):
                 speed = f"{row['speed_ratio']:.2f}x"
-                rss = f"{row['rss_ratio']:.2f}x"
             lines.append(
                 f"{row['config']:<4}{r['framework']:<10}{r['ms_per_step']:>9.1f}"
-                f"{r['tokens_per_s']:>10.0f}{r['gflops']:>9.2f}{r['peak_rss_mib']:>9.0f}"
-                f"{speed:>16}{rss:>14}"
+                f"{r['tokens_per_s']:>10.0f}{r['gflops']:>9.2f}{speed:>16}{memory_cells(r, row)}"
             )
     return "\n".join(lines)
 
@@ -316,7 +383,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"training step, {args.threads} threads, median of {args.steps} steps after {args.warmup} "
         f"warm-up, best of {args.rounds} round(s){load_note}{wait_note}; speed ratio = PyTorch ms "
-        "/ femto ms\n"
+        f"/ femto ms\n{MEMORY_NOTE}\n"
         f"CPU: {machine['cpu']}; femto kernels: {machine['cpu_path']} path"
     )
     print(format_table(rows))
@@ -341,7 +408,7 @@ def time_config(
     if with_torch:
         row["torch"] = best_of(runs["torch"])
         row["speed_ratio"] = row["torch"]["ms_per_step"] / row["femto"]["ms_per_step"]
-        row["rss_ratio"] = row["femto"]["peak_rss_mib"] / row["torch"]["peak_rss_mib"]
+        row.update(memory_ratios(row["femto"], row["torch"]))
     print(f"config {config} done", file=sys.stderr)
     return row
 
