@@ -1,4 +1,4 @@
-"""STYLE.md section 2's import table, enforced on the AST of every femto module that exists.
+"""The import table of docs/design.md (Layers and imports), enforced on the AST of every femto module that exists.
 
 A module may import from femto only what its row allows (errors, fileio, safe_read and
 memory_estimate, the bottom layer, are allowed everywhere).
@@ -70,7 +70,7 @@ TABLE = [
     # prepares one run on every rank: above train, below cli
     ("femto.parallel_run", ["femto.train", "femto.distributed", *BELOW_TRAIN]),
     ("femto.sample", BELOW_TRAIN),
-    ("femto.evaluate", BELOW_TRAIN),  # not in STYLE.md's table yet: `femto eval` sits beside sample
+    ("femto.evaluate", BELOW_TRAIN),  # `femto eval`'s layer: beside sample
     ("femto.throughput", BELOW_TRAIN),  # FLOPs per token and the matmul peak probe, for MFU
     ("femto.runlog", ["femto.checkpoint"]),  # metrics.jsonl read back
     ("femto.plot", ["femto.runlog"]),  # charts of runlogs; plotext / matplotlib lazily
@@ -103,7 +103,7 @@ TABLE = [
     ),
     ("femto.__main__", ["femto.cli"]),  # `python -m femto` is the femto command
 ]
-# arrows the table lacks, each pending a decision (STYLE.md: an architecture change to discuss)
+# arrows the table lacks, each pending a decision (docs/design.md: an architecture change to discuss)
 EXCEPTIONS = {
     ("femto.cli.devices", "femto.backend.opencl"): "lazy import for listing OpenCL devices",
     ("femto.cli", "femto.backend.cpu"): "lazy import: the CPU kernel path in --version",
@@ -155,7 +155,7 @@ def violations(module: str, source: str, is_package: bool = False) -> list[str]:
         (allowed for pattern, allowed in TABLE if fnmatch.fnmatchcase(module, pattern)), None
     )
     if row is None:
-        return [f"{module} has no row in STYLE.md's import table (tests/test_layers.py)"]
+        return [f"{module} has no row in the import table (tests/test_layers.py, docs/design.md)"]
     allowed = [*row, *BOTTOM, "femto.__version__"]
     found = []
     for name, top_level in imports(ast.parse(source), module, is_package):
