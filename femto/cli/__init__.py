@@ -1,4 +1,4 @@
-"""The command line: the only module that prints, reads the environment, or picks exit codes.
+"""The command line: the only package that prints, reads the environment, or picks exit codes.
 
 A FemtoError becomes one clean line and exit status 1; any other exception is a bug and keeps its
 traceback. `main` is the `femto` group; each command group lives in its own module below, which

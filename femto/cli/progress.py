@@ -1,7 +1,7 @@
 """Progress on the command line: a bar with rate and ETA on a terminal, periodic lines in a pipe.
 
-Part of the CLI layer (only femto.cli's modules import it): library code reports (done, total) through a
-callback and never prints; this module turns those reports into text on a stream. It also holds the
+Part of the CLI layer (only the femto.cli package imports it): library code reports (done, total)
+through a callback and never prints; this module turns those reports into text on a stream. It also holds the
 training status line, which stays at the bottom of a terminal while permanent lines scroll above it.
 """
 

@@ -124,12 +124,8 @@ def _option(flag: str, field: str, text: str, **kwargs):
 def train(ctx: click.Context, out: str, config_file: str | None, **options) -> None:
     """Train a GPT, or resume the run in --out. Ctrl-C (or SIGTERM) finishes the step, saves and
     exits."""
-    import signal
-    import threading
-
     from femto import train as training
     from femto.distributed import PeerFailed
-    from femto.runlock import TrainerLock
 
     if config_file is not None:
         out = _apply_config_file(ctx, config_file, out, options)
@@ -140,9 +136,24 @@ def train(ctx: click.Context, out: str, config_file: str | None, **options) -> N
         comm = mpi.communicator()
     except PeerFailed:
         sys.exit(1)  # rank 0 says why
-    root = comm.rank == 0  # under mpiexec, rank 0 alone prints and writes
+    run, lock = _start_run(comm, run_dir, model_options, options, cache_root)
+    try:
+        _run_training(training, comm, run, run_dir, cache_root)
+    finally:
+        if lock is not None:  # a run that failed before writing leaves no trace
+            lock.release(remove_dir_if_empty=True)
 
-    # one trainer per run directory; SIGTERM is Ctrl-C; start-up interrupts are one clean line
+
+def _start_run(comm, run_dir: pathlib.Path, model_options: dict, options: dict, cache_root):
+    """The run and (on rank 0, which alone writes) the lock that makes it the directory's only
+    trainer. SIGTERM counts as Ctrl-C here, and an interrupted start-up is one clean line that
+    leaves the directory as it was."""
+    import signal
+    import threading
+
+    from femto.distributed import PeerFailed
+    from femto.runlock import TrainerLock
+
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
@@ -152,30 +163,21 @@ def train(ctx: click.Context, out: str, config_file: str | None, **options) -> N
     lock = None
     try:
         with mpi.fail_fast(comm):  # the other ranks would wait forever for a rank 0 that stopped
-            lock = TrainerLock(run_dir) if root else None
-        run = _prepare_run(comm, run_dir, model_options, options, cache_root)
-    except KeyboardInterrupt:
+            lock = TrainerLock(run_dir) if comm.rank == 0 else None
+        return _prepare_run(comm, run_dir, model_options, options, cache_root), lock
+    except BaseException as exc:
         if lock is not None:
             lock.release(remove_dir_if_empty=True)
-        raise click.ClickException(
-            f"interrupted during start-up: nothing trained, {run_dir} left as it was"
-        ) from None
-    except PeerFailed:
-        if lock is not None:
-            lock.release(remove_dir_if_empty=True)
-        sys.exit(1)  # the rank that failed has said why
-    except BaseException:
-        if lock is not None:
-            lock.release(remove_dir_if_empty=True)
+        if isinstance(exc, KeyboardInterrupt):
+            raise click.ClickException(
+                f"interrupted during start-up: nothing trained, {run_dir} left as it was"
+            ) from None
+        if isinstance(exc, PeerFailed):
+            sys.exit(1)  # the rank that failed has said why
         raise
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, startup_sigterm)
-    try:
-        _run_training(training, comm, run, run_dir, cache_root)
-    finally:
-        if lock is not None:  # a run that failed before writing leaves no trace
-            lock.release(remove_dir_if_empty=True)
 
 
 def _prepare_run(comm, run_dir: pathlib.Path, model_options: dict, options: dict, cache_root):

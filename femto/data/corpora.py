@@ -68,7 +68,9 @@ class Corpus:
     def chunks(self) -> Iterator[tuple[str, int]]:
         """(text chunk, source bytes consumed so far in the whole corpus), for progress bars."""
         self.skipped = loaders.fresh_skipped()
-        readers = {"text": loaders.read_text, "tinystories": loaders.read_tinystories, "reddit": read_reddit}
+        readers = {
+            "text": loaders.read_text, "tinystories": loaders.read_tinystories, "reddit": read_reddit,
+        }  # fmt: skip
         done = 0
         last = ""
         for path, kind in self.files:

@@ -8,14 +8,13 @@ import logging
 import os
 import pathlib
 import re
-import tempfile
 import urllib.error
 import urllib.request
 
 from femto.data.catalogue import CATALOGUE, FETCH_ALIASES, corpus_path
 from femto.data.loaders import Progress
-from femto.errors import ConfigError, DatasetError
-from femto.fileio import fsync_directory, remove_stale_temporaries, temporary_prefix
+from femto.errors import DatasetError
+from femto.fileio import fsync_directory
 
 logger = logging.getLogger(__name__)
 
