@@ -1,7 +1,7 @@
 """Benchmark (not a test): training-step time and sampling tokens/s per device, OpenCL beside the CPU.
 
 Usage: python bench/opencl_speed.py [--device opencl:0:0 ...] [--config D ...] [--json]. Configs A-D
-are REFERENCE.md's; a step is what femto.train runs (forward, backward, AdamW, synchronize) on random
+are bench/train_speed.py's; a step is what femto.train runs (forward, backward, AdamW, synchronize) on random
 ids; sampling is femto.sample.generate at batch 1 with the KV cache. The machine is shared: compare
 rows of one run only.
 """
@@ -21,7 +21,7 @@ from femto.optim import AdamW
 from femto.sample import generate
 from femto.train import TrainStep
 
-# name -> (model config, batch size), as in REFERENCE.md's PyTorch table
+# name -> (model config, batch size), the configs of bench/train_speed.py
 CONFIGS = {
     "A": ({"vocab_size": 65, "block_size": 64, "n_embd": 64, "n_layer": 4, "n_head": 4}, 32),
     "B": ({"vocab_size": 65, "block_size": 64, "n_embd": 128, "n_layer": 4, "n_head": 4}, 12),

@@ -1,7 +1,7 @@
 /* gelu.c: GELU, tanh approximation; shapes in femto/ops/gelu.py. */
 /* -std=c11 turns FMA contraction off; GELU and its exp polynomial are chains of a * b + c that run
- * about 1.4x faster fused (each rounding once). Only this file opts in: elsewhere exact cancellations
- * (a layer norm over one channel) rely on unfused rounding. Set before the includes, so the inline
+ * about 1.4x faster fused (each rounding once). Only this file and attention.c (its softmax exp) opt
+ * in: elsewhere exact cancellations (a layer norm over one channel) rely on unfused rounding. Set before the includes, so the inline
  * helpers compiled into this file are contracted too. */
 #pragma GCC optimize("fp-contract=fast")
 #include <math.h>

@@ -9,6 +9,10 @@ class ShapeError(FemtoError, ValueError):
     """A tensor of the wrong shape or dtype reached an op."""
 
 
+class BackendMismatch(FemtoError, ValueError):
+    """An op given tensors that live on different backends (say one on the CPU, one on OpenCL)."""
+
+
 class TokenIdError(FemtoError, IndexError):
     """A token id outside the embedding table."""
 

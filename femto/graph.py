@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from femto.backend.base import DTYPES, Backend, dtype_name
-from femto.errors import ShapeError, TokenIdError
+from femto.errors import BackendMismatch, ShapeError, TokenIdError
 
 _state = threading.local()
 
@@ -277,7 +277,7 @@ class Op:
     def __call__(self, *inputs: Tensor) -> Tensor:
         for t in inputs:
             if t is not None and t.backend is not self.backend:
-                raise ShapeError(f"{type(self).__name__}: inputs live on different backends")
+                raise BackendMismatch(f"{type(self).__name__}: inputs live on different backends")
         out = self.forward(*inputs)
         if grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
             self.inputs = inputs

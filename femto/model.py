@@ -38,7 +38,7 @@ TIED_HEAD = "lm_head.weight"
 @dataclass(frozen=True)
 class GPTConfig:
     """Model shape, with nanoGPT's field names. Defaults are femto's Shakespeare model (2.7M
-    parameters: about eight minutes of training on 2 cores to a validation loss near 1.60)."""
+    parameters: about seven minutes of training on 2 cores to a validation loss near 1.60)."""
 
     vocab_size: int = 65
     block_size: int = 128

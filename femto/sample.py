@@ -183,12 +183,12 @@ def _generate(
     if generation is None:
         logits = _window_logits(model, ids, None)
     else:
-        cache, window, step = generation.cache, generation.window, generation.step
+        cache, window, one_token = generation.cache, generation.window, generation.one_token
         V = model.config.vocab_size
         if len(ids) in (1, block_size) and all(0 <= i < V for i in ids):
             # the captured forwards start a prompt of one token or a full window; an id outside
             # the vocabulary goes to the graph instead, whose embedding names it
-            logits = (step if len(ids) == 1 else window).logits(model, ids, 0)
+            logits = (one_token if len(ids) == 1 else window).logits(model, ids, 0)
         else:
             logits = _window_logits(model, ids, cache)
     for _ in range(max_new_tokens):
@@ -200,7 +200,7 @@ def _generate(
         if len(new) == max_new_tokens or token in stop_ids:
             break
         if generation is not None and cache.length < block_size:
-            logits = step.logits(model, [token], cache.length)
+            logits = one_token.logits(model, [token], cache.length)
         elif generation is not None:
             # The window is full, so it slides: every token moves to a new position, and the
             # positions are learned absolute embeddings, so every cached key and value is stale.
@@ -222,7 +222,7 @@ def _window_logits(model: GPT, ids: Sequence[int], cache) -> np.ndarray:
     return logits.numpy()[0, -1]  # (V,): the last position predicts the next token
 
 
-class _CapturedStep:
+class _CapturedForward:
     """forward_cached of T new ids at a given position, on input buffers of its own: the first call
     runs the graph under Backend.capture, later calls write the new ids and positions into those
     buffers and replay the plan, skipping the graph's per-op Python. The ids need no range check on
@@ -265,8 +265,8 @@ class _Generation:
     def __init__(self, model: GPT):
         self.buffers = [p.data for p in model.params.values()]
         self.cache = model.new_cache(1)
-        self.window = _CapturedStep(model.backend, self.cache, model.config.block_size)
-        self.step = _CapturedStep(model.backend, self.cache, 1)
+        self.window = _CapturedForward(model.backend, self.cache, model.config.block_size)
+        self.one_token = _CapturedForward(model.backend, self.cache, 1)
         self.lock = threading.Lock()  # one generation at a time uses the cache
 
     def is_current(self, model: GPT) -> bool:

@@ -55,8 +55,8 @@ DERIVED = ("ranks", "global_batch")
 @dataclass(frozen=True)
 class TrainConfig:
     """Training options; the CLI's options map one-to-one onto these fields. Defaults train the
-    Shakespeare character model (nanoGPT's CPU 'baby GPT' schedule, longer) in about ten minutes on
-    2 cores."""
+    Shakespeare character model (nanoGPT's CPU 'baby GPT' schedule, longer) in about seven minutes on
+    2 cores (measured in the README's Benchmarks section)."""
 
     data: str = "shakespeare"
     tokenizer: str = "char"
@@ -315,8 +315,23 @@ def _check_training_fits(model: GPTConfig, config: TrainConfig, vocab_known: boo
     check_fits(training_bytes(model, config.batch_size), what, ConfigError)
 
 
+@dataclass
+class CapturedPass:
+    """One (B, T) shape's recorded forward and backward: the input buffers a replay writes the
+    next batch into, the loss it leaves, and the recording itself."""
+
+    ids: Tensor
+    targets: Tensor
+    seeds: Tensor | None  # the dropout sites' seeds, None without dropout
+    loss: Tensor
+    plan: KernelPlan
+    # parameter name -> how many of the plan's calls had run when its gradient became final
+    ready: dict[str, int]
+
+
 class TrainStep:
-    """Forward and backward of one micro-batch, adding its gradients into the parameters' .grad.
+    """Forward and backward of one micro-batch, adding its gradients into the parameters' .grad
+    (the gradient half of a training step; the optimizer's update, `opt.step()`, is the other).
 
     A training step runs the same kernels on the same shapes every time; only the batch (and, with
     dropout, the sites' seeds) changes. So the first batch of a shape runs the graph under
@@ -333,9 +348,7 @@ class TrainStep:
 
     def __init__(self, model: GPT):
         self.model = model
-        # (B, T) -> (ids, targets, dropout seeds or None, loss, plan, ready) of that shape's capture;
-        # ready: parameter name -> number of the plan's calls after which its gradient is final
-        self._captures: dict[tuple[int, ...], tuple] = {}
+        self._captures: dict[tuple[int, ...], CapturedPass] = {}
         # (B, T) -> (reducer, [(part of the plan, buckets final after it)]) for reducing replays
         self._schedules: dict[tuple[int, ...], tuple] = {}
         self._buffers: list = []  # the parameters' data and gradient buffers the captures use
@@ -359,23 +372,24 @@ class TrainStep:
             self._schedules.clear()
         captured = self._captures.get(x.shape)
         if captured is not None:
-            ids, targets, seeds, loss, plan, ready = captured
+            ids, targets = captured.ids, captured.targets
             ids.copy_from_numpy(x)
             targets.copy_from_numpy(y)
             V = model.config.vocab_size
             if all(0 <= t.value_range[0] and t.value_range[1] < V for t in (ids, targets)):
                 draws = model.dropout_seeds(rng)
-                if seeds is not None:
-                    seeds.copy_from_numpy(draws)
+                if captured.seeds is not None:
+                    captured.seeds.copy_from_numpy(draws)
                 if reducer is None:
-                    backend.replay(plan)
+                    backend.replay(captured.plan)
                 else:
-                    for part, buckets in self._schedule(x.shape, plan, ready, reducer):
+                    schedule = self._schedule(x.shape, captured.plan, captured.ready, reducer)
+                    for part, buckets in schedule:
                         backend.replay(part)
                         for index in buckets:
                             reducer.start(index)
                         reducer.progress()
-                return loss.item()
+                return captured.loss.item()
             # an id out of range: the graph's ops reject it, with the message that names it
             _, loss = model(x, y, rng)
             loss.backward()
@@ -386,7 +400,7 @@ class TrainStep:
         with backend.capture() as plan:
             _, loss = model(ids, targets, rng)
             backward(loss, on_leaf_grad=lambda leaf: ready.update({names.get(id(leaf)): len(plan)}))
-        self._captures[x.shape] = (ids, targets, model.step_seeds, loss, plan, ready)
+        self._captures[x.shape] = CapturedPass(ids, targets, model.step_seeds, loss, plan, ready)
         self._buffers = self._parameter_buffers()  # after backward: it may have made gradients
         if reducer is not None:
             reducer.start_all()

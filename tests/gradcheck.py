@@ -2,7 +2,7 @@
 
 numeric_gradient: full central-difference gradient of a float64 function (checks tests/reference.py).
 run_op / check_directional: run an op through femto's graph on a backend and compare the directional
-derivative of L = sum(y * r) with central differences (STYLE.md section 9; float32-friendly).
+derivative of L = sum(y * r) with central differences (docs/design.md, Tests; float32-friendly).
 assert_close: the relative-error comparison every op test uses. No op knowledge lives here.
 """
 

@@ -132,7 +132,7 @@ def test_train_and_eval_report_encoding_progress(workdir, tmp_path, monkeypatch)
         bars.append(RecordingProgress())
         return bars[-1]
 
-    monkeypatch.setattr("femto.cli._gpt_encoding_progress", make_bar)
+    monkeypatch.setattr("femto.cli.progress.encoding_progress", make_bar)
     env = {"FEMTO_CACHE_DIR": str(tmp_path / "cache")}  # empty: the corpus is encoded afresh
     corpus = workdir / "corpus.txt"
     result = invoke(["train", "--data", corpus, "--out", tmp_path / "r", *TINY], env)

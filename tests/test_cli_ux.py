@@ -227,7 +227,7 @@ def recorders(monkeypatch) -> list[Recorder]:
         made.append(Recorder(label, unit, then))
         return made[-1]
 
-    monkeypatch.setattr("femto.cli._progress", factory)
+    monkeypatch.setattr("femto.cli.progress.stderr_progress", factory)
     return made
 
 
@@ -305,10 +305,10 @@ def test_every_metrics_field_is_documented(runs):
 
 
 def test_piped_progress_is_plain_lines(runs, env, monkeypatch):
-    import femto.progress
+    import femto.cli.progress
 
-    monkeypatch.setattr(femto.progress, "QUIET_S", 0.0)  # as if every piece of work were slow
-    monkeypatch.setattr(femto.progress, "PIPE_INTERVAL_S", 0.0)
+    monkeypatch.setattr(femto.cli.progress, "QUIET_S", 0.0)  # as if every piece of work were slow
+    monkeypatch.setattr(femto.cli.progress, "PIPE_INTERVAL_S", 0.0)
     result = invoke(["eval", "--out", runs[0], "--batch-size", "8"], env)
     assert result.exit_code == 0, result.output
     lines = [line for line in result.output.splitlines() if line.startswith("evaluating on")]

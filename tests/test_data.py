@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import zstandard
 
-from femto import data
+from femto.data import loaders
 from femto.data import (
     encode_corpus,
     eval_windows,
@@ -79,7 +79,7 @@ def test_bundled_tinystories_separator_becomes_eot_marker():
 
 
 def test_tinystories_loader_across_block_boundaries(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "CHUNK_BYTES", 7)  # force separators and stories to straddle blocks
+    monkeypatch.setattr(loaders, "CHUNK_BYTES", 7)  # force separators and stories to straddle blocks
     path = tmp_path / "stories.txt"
     path.write_text(
         "\n  first story.\nline two\n<|endoftext|>\nsecond é story\n<|endoftext|>\n\n"
@@ -98,7 +98,7 @@ def test_text_file_chunks_join_to_the_file_at_any_chunk_size(tmp_path, monkeypat
     path = tmp_path / "a.txt"
     path.write_text(body, encoding="utf-8", newline="")
     for size in (1, 3, 5, 64):
-        monkeypatch.setattr(data, "CHUNK_BYTES", size)
+        monkeypatch.setattr(loaders, "CHUNK_BYTES", size)
         chunks = list(resolve_corpus(str(path)).texts())
         assert "".join(chunks) == body
         if size >= 3:  # lines shorter than 8 blocks: every chunk ends at a newline
@@ -138,7 +138,7 @@ def test_non_utf8_file_reports_the_byte_offset(tmp_path, monkeypatch):
     path.write_bytes("héllo wörld\n".encode() + b"caf\xe9 au lait\n")
     expected = len("héllo wörld\n".encode()) + 3
     for size in (2, 5, 1 << 20):  # the offset must not depend on where blocks end
-        monkeypatch.setattr(data, "CHUNK_BYTES", size)
+        monkeypatch.setattr(loaders, "CHUNK_BYTES", size)
         with pytest.raises(DatasetError, match=rf"not UTF-8: byte 0xe9 at offset {expected}\b"):
             list(resolve_corpus(str(path)).texts())
 

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from femto import cli
+from femto.cli import mpi
 from femto.distributed import SingleProcess, connect, make_buckets, world_size
 from femto.errors import ConfigError
 from femto.graph import backward
@@ -223,13 +223,13 @@ class FakeComm:
 
 
 def test_an_exception_on_one_rank_prints_one_line_naming_it_and_aborts(capsys, monkeypatch):
-    monkeypatch.setattr(cli, "ABORT_GRACE_S", 0.0)
+    monkeypatch.setattr(mpi, "ABORT_GRACE_S", 0.0)
     comm = FakeComm()
-    with pytest.raises(ConfigError), cli._mpi_fail_fast(comm):
+    with pytest.raises(ConfigError), mpi.fail_fast(comm):
         raise ConfigError("loss is nan")
     assert capsys.readouterr().err == "Error: rank 1 of 2 failed: loss is nan\n"
     assert comm.aborted == 1
-    with pytest.raises(ZeroDivisionError), cli._mpi_fail_fast(comm):
+    with pytest.raises(ZeroDivisionError), mpi.fail_fast(comm):
         1 / 0  # noqa: B018 - a bug: the one line, then its traceback
     err = capsys.readouterr().err
     assert "Traceback" in err and err.startswith(

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from gradcheck import assert_close
 
-from femto.errors import ShapeError, TokenIdError
+from femto.errors import BackendMismatch, ShapeError, TokenIdError
 from femto.graph import Op, Tensor, backward, grad_enabled, no_grad, topological_order
 from femto.ops import add, cross_entropy, embedding, gelu, matmul
 
@@ -177,7 +177,7 @@ def test_ops_refuse_inputs_from_two_backends(cpu_backend, rng):
 
     a = leaf(cpu_backend, rng.standard_normal(3))
     b = leaf(CPUBackend(), rng.standard_normal(3))
-    with pytest.raises(ShapeError, match="different backends"):
+    with pytest.raises(BackendMismatch, match="different backends"):
         add(a, b)
 
 

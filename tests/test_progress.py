@@ -1,4 +1,4 @@
-"""femto.progress: bars on a terminal, periodic plain lines in a pipe, the training status line; and
+"""femto.cli.progress: bars on a terminal, periodic plain lines in a pipe, the training status line; and
 femto.timing: the ETA with evaluations and checkpoints, carried over a resume."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import io
 
 import pytest
 
-from femto.progress import Progress, StatusLine, amount, duration
+from femto.cli.progress import Progress, StatusLine, amount, duration
 from femto.timing import OWN_STEPS, RunTimer, occurrences
 
 

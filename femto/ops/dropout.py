@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from femto.errors import ShapeError
+from femto.errors import ConfigError, ShapeError
 from femto.graph import Op, Tensor, check_float
 
 
@@ -17,7 +17,7 @@ class Dropout(Op):
     def __init__(self, backend, p: float, site: int = 0):
         super().__init__(backend)
         if not 0.0 <= p < 1.0:
-            raise ShapeError(f"dropout: p must be in [0, 1), got {p}")
+            raise ConfigError(f"dropout: p must be in [0, 1), got {p}")
         self.p, self.site = float(p), int(site)
 
     def forward(self, inp: Tensor, seeds: Tensor) -> Tensor:

@@ -14,14 +14,8 @@ import pytest
 import zstandard
 
 from femto import fileio
-from femto.data import (
-    _TRAILER,
-    _cache_trailer,
-    encode_corpus,
-    open_token_cache,
-    resolve_corpus,
-    train_tokenizer,
-)
+from femto.data import encode_corpus, open_token_cache, resolve_corpus, train_tokenizer
+from femto.data.token_cache import _TRAILER, _cache_trailer
 from femto.errors import DatasetError, TokenizerError
 from femto.fileio import remove_stale_temporaries, temporary_prefix, write_atomic
 from femto.tokenizers import folder

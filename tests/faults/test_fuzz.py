@@ -18,7 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from femto.checkpoint import decode_safetensors, encode_safetensors, load_state
-from femto.data import _fresh_skipped, _read_reddit, resolve_corpus, train_tokenizer
+from femto.data import resolve_corpus, train_tokenizer
+from femto.data.loaders import fresh_skipped as _fresh_skipped
+from femto.data.reddit import read_reddit as _read_reddit
 from femto.errors import CheckpointError, DatasetError, FemtoError, TokenizerError
 from femto.model import GPTConfig
 from femto.tokenizers.base import load_tokenizer, save_tokenizer

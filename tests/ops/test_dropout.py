@@ -8,7 +8,7 @@ from gradcheck import assert_close, check_directional, numeric_gradient, run_op
 from hypothesis import given
 from hypothesis import strategies as st
 
-from femto.errors import ShapeError
+from femto.errors import ConfigError, ShapeError
 from femto.graph import Tensor
 from femto.ops import Dropout, dropout
 from femto.ops.dropout import seed_tensor
@@ -77,7 +77,7 @@ def test_seed_reproducibility(backend):
 
 @pytest.mark.parametrize("p", [-0.1, 1.0, 1.5])
 def test_bad_p_is_rejected(backend, p):
-    with pytest.raises(ShapeError, match=str(p)):
+    with pytest.raises(ConfigError, match=str(p)):
         Dropout(backend, p)
 
 

@@ -1,13 +1,14 @@
 """Progress on the command line: a bar with rate and ETA on a terminal, periodic lines in a pipe.
 
-Part of the CLI layer (only femto.cli imports it): library code reports (done, total) through a
-callback and never prints; this module turns those reports into text on a stream. It also holds the
+Part of the CLI layer (only the femto.cli package imports it): library code reports (done, total)
+through a callback and never prints; this module turns those reports into text on a stream. It also holds the
 training status line, which stays at the bottom of a terminal while permanent lines scroll above it.
 """
 
 from __future__ import annotations
 
 import shutil
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -223,3 +224,14 @@ class StatusLine:
             self.stream.write("\n")
             self.stream.flush()
         self.current = ""
+
+
+def stderr_progress(label: str, unit: str = "", then: str | None = None) -> Progress:
+    """Progress on stderr: a bar on a terminal, a plain line every few seconds in a log or a pipe
+    (and nothing at all for work that took under a second there)."""
+    return Progress(label, sys.stderr, sys.stderr.isatty(), unit, then)
+
+
+def encoding_progress(what: str) -> Progress:
+    """Encoding a corpus into the token cache (a cache hit reports nothing)."""
+    return stderr_progress(f"encoding {what}", "B")

@@ -1,0 +1,5 @@
+"""`python -m femto.cli` is the `femto` command."""
+
+from femto.cli import main
+
+main()
