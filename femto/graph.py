@@ -232,7 +232,7 @@ class Op:
         """Where the backward kernel writes the gradient of input `index`: the one way an op asks.
 
         None when there is nothing to write: the input needs no gradient, or `equals` settled it.
-        Otherwise a GradTarget: its buffer, and `accumulate` (1: add into it, 0: overwrite all of it).
+        Otherwise a GradTarget: its buffer, and `accumulate` (1: add into it, 0: overwrite it all).
 
         overwrite=True: the kernel can overwrite every element (it takes an accumulate flag). The
         first contribution to a gradient then lands in an uninitialised buffer, which saves

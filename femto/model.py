@@ -126,8 +126,8 @@ def checked_weights(
     config: GPTConfig, arrays: dict[str, np.ndarray], source: str
 ) -> dict[str, np.ndarray]:
     """`arrays` less a tied lm_head, after checking they are exactly the config's parameters: every
-    name, no other, each shape. The one check for weights from any source (a checkpoint, --init-from,
-    a nanoGPT state_dict); `source` names it in the CheckpointError."""
+    name, no other, each shape. The one check for weights from any source (a checkpoint,
+    --init-from, a nanoGPT state_dict); `source` names it in the CheckpointError."""
     arrays = dict(arrays)
     head = arrays.pop(TIED_HEAD, None)
     expected = config.param_shapes()
