@@ -20,7 +20,7 @@ FEMTO_PORTABLE is retired: there is no -march=native any more, every build runs 
 architecture.
 """
 
-import hashlib
+import importlib.util
 import os
 import pathlib
 import re
@@ -63,12 +63,15 @@ def kernel_sources() -> list[pathlib.Path]:
 
 
 def source_hash() -> str:
-    """Hash of every kernel source and the header: the extension carries it, femto compares it on import."""
-    digest = hashlib.sha256()
-    for path in [*sorted(CSRC.glob("*.h")), *source_files()]:
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
+    """Hash of every kernel source and header: the extension carries it, femto compares it on import.
+    One definition, femto/backend/source_hash.py, loaded by path: femto itself cannot be imported
+    before its extension exists."""
+    spec = importlib.util.spec_from_file_location(
+        "femto_source_hash", ROOT / "femto" / "backend" / "source_hash.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.source_hash(CSRC)
 
 
 def _cc() -> list[str]:
@@ -205,6 +208,18 @@ def write_path_wrappers() -> list[pathlib.Path]:
     return written
 
 
+def kernel_scalars_text(ks: list[tuple[str, str, str, list[str]]]) -> str:
+    """"name:scalar,scalar;..." for every kernel: the names of its non-pointer parameters, in order.
+    The CPU backend binds run()'s keyword scalars by these names, as OpenCL binds by position in
+    the .cl signature from its launch table: a caller's keyword order never decides an argument."""
+    entries = []
+    for _, name, params, args in ks:
+        kinds = [] if params in ("", "void") else params.split(",")
+        scalars = [a for p, a in zip(kinds, args) if "*" not in p]
+        entries.append(f"{name}:{','.join(scalars)}")
+    return ";".join(entries)
+
+
 def dispatcher_source() -> str:
     """The extension's own C: per-path kernel tables, the choice at load time, one thin function per
     kernel. Everything the Python side asks about the CPU path is answered here."""
@@ -214,6 +229,7 @@ def dispatcher_source() -> str:
         '#include <string.h>',
         '#include "femto.h"',
         f'static const char* femto_source_hash(void) {{ return "{source_hash()}"; }}',
+        f'static const char* femto_kernel_scalars(void) {{ return "{kernel_scalars_text(ks)}"; }}',
         "typedef struct {",
         "    const char* name;",
         *[f"    {ret} (*{name})({params});" for ret, name, params, _ in ks],
@@ -300,6 +316,7 @@ def dispatcher_source() -> str:
 
 CPU_PATH_CDEF = """
 const char* femto_source_hash(void);
+const char* femto_kernel_scalars(void);
 const char* femto_cpu_path(void);
 const char* femto_cpu_requested(void);
 int femto_cpu_request_status(void);

@@ -8,7 +8,18 @@
 #include "gemm.h"
 #include "vecmath.h"
 
-/* Training attention runs per (batch, head) as small products through matmul.c's GEMM micro-kernel:
+/* Three algorithms, one per entry point (HS = C / NH; head h of position t has its query at
+ * qkv[(b*T + t)*3C + h*HS ..], its key C further and its value 2C further):
+ *   attention_forward   qkv (B, T, 3C) -> out (B, T, C) and att (B, NH, T, T), the probabilities
+ *                       backward reads: blocked causal softmax per (batch, head), attend_head.
+ *   attention_backward  dout (B, T, C), qkv, att, out -> dqkv (B, T, 3C), same blocking.
+ *   attention_cached_forward  T new tokens at positions[0] .. into kcache/vcache (B, NH, TMAX, HS),
+ *                       out (B, T - first, C) for queries first .. T-1: attend_head on a fresh
+ *                       short window, else an online softmax over key tiles (no (T, T) scratch).
+ * Every output element is owned by one thread, one (batch, head), so products may overwrite it
+ * where it is written first (see each gemm_args) and need no zero-fill beforehand.
+ *
+ * Training attention runs per (batch, head) as small products through matmul.c's GEMM micro-kernel:
  * ATT_QB queries at a time against the keys they can see (0 .. the block's last query), so the
  * causal mask wastes at most one triangle of ATT_QB x ATT_QB per block. The backward's dP and dS
  * live in an ATT_QB x ATT_KB scratch on the stack, so no (T, T) buffer beyond att is needed. */
@@ -73,14 +84,27 @@ static void attend_head(float* out, float* att_bh, const float* q, const float* 
                         size_t T, size_t C, size_t HS, float scale) {
     for (size_t r0 = 0; r0 < T; r0 += ATT_QB) {
         size_t r1 = T - r0 < ATT_QB ? T : r0 + ATT_QB, rn = r1 - r0;
-        /* raw scores q_t . k_t2 of the block's queries against keys 0 .. r1-1 */
-        const gemm_args scores = {rn, r1, HS, q + r0 * 3 * C, 3 * C, 1, k, 3 * C, 0,
-                                  att_bh + r0 * T, T, NULL, 0};
+        /* raw scores (rn, r1) = q rows r0..r1-1 (rn, HS) @ k^T (HS, r1): keys 0 .. r1-1, the
+         * ones the block's last query sees. Overwritten, not accumulated: softmax_row then
+         * rewrites each row whole (zeros past the query's own key), so att_bh needs no zeroing. */
+        const gemm_args scores = {
+            .M = rn, .N = r1, .K = HS,
+            .a = q + r0 * 3 * C, .lda = 3 * C, .a_rowmajor = 1,
+            .b = k, .ldb = 3 * C, .b_rowmajor = 0, /* B(k,j) = k row j: k^T */
+            .c = att_bh + r0 * T, .ldc = T,
+            .bias = NULL, .accumulate = 0,
+        };
         femto_gemm_serial(&scores);
         for (size_t t = r0; t < r1; t++) softmax_row(att_bh + t * T, t, T, scale);
-        /* out rows = P (rn, r1) @ v (r1, HS); P is zero past each query's own position */
-        const gemm_args values = {rn, HS, r1, att_bh + r0 * T, T, 1, v, 3 * C, 1, out + r0 * C, C,
-                                  NULL, 0};
+        /* out rows (rn, HS) = P (rn, r1) @ v (r1, HS); P is zero past each query's own position.
+         * Overwritten: each output row belongs to this block alone, so out needs no zeroing. */
+        const gemm_args values = {
+            .M = rn, .N = HS, .K = r1,
+            .a = att_bh + r0 * T, .lda = T, .a_rowmajor = 1,
+            .b = v, .ldb = 3 * C, .b_rowmajor = 1,
+            .c = out + r0 * C, .ldc = C,
+            .bias = NULL, .accumulate = 0,
+        };
         femto_gemm_serial(&values);
     }
 }
@@ -135,9 +159,15 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
                 for (size_t k0 = 0; k0 < r1; k0 += ATT_KB) {
                     size_t kn = r1 - k0 < ATT_KB ? r1 - k0 : ATT_KB;
                     const float* p = att_bh + r0 * T + k0;  // P rows r0.., keys k0..
-                    /* dP (rn, kn) = dout rows @ v_keys^T */
-                    const gemm_args dp = {rn, kn, HS, g, C, 1, v + k0 * 3 * C, 3 * C, 0,
-                                          ds, ATT_KB, NULL, 0};
+                    /* dP (rn, kn) = dout rows (rn, HS) @ v_keys^T (HS, kn), overwriting the
+                     * scratch: ds is private to this tile */
+                    const gemm_args dp = {
+                        .M = rn, .N = kn, .K = HS,
+                        .a = g, .lda = C, .a_rowmajor = 1,
+                        .b = v + k0 * 3 * C, .ldb = 3 * C, .b_rowmajor = 0,
+                        .c = ds, .ldc = ATT_KB,
+                        .bias = NULL, .accumulate = 0,
+                    };
                     femto_gemm_serial(&dp);
                     /* dS = P * (dP - rowdot) * scale, zero where the mask hid the key */
                     for (size_t i = 0; i < rn; i++) {
@@ -149,8 +179,15 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
                         for (size_t j = last; j < kn; j++) d[j] = 0.0f;
                     }
                     /* dq rows += dS @ k_keys; dk_keys += dS^T @ q rows; dv_keys += P^T @ dout rows */
-                    const gemm_args dqa = {rn, HS, kn, ds, ATT_KB, 1, k + k0 * 3 * C, 3 * C, 1,
-                                           dq + r0 * 3 * C, 3 * C, NULL, accumulate || k0 > 0};
+                    /* dq rows (rn, HS) = dS (rn, kn) @ k_keys (kn, HS): the first key chunk
+                     * (k0 == 0) overwrites, later chunks add; only these query rows write them */
+                    const gemm_args dqa = {
+                        .M = rn, .N = HS, .K = kn,
+                        .a = ds, .lda = ATT_KB, .a_rowmajor = 1,
+                        .b = k + k0 * 3 * C, .ldb = 3 * C, .b_rowmajor = 1,
+                        .c = dq + r0 * 3 * C, .ldc = 3 * C,
+                        .bias = NULL, .accumulate = accumulate || k0 > 0,
+                    };
                     femto_gemm_serial(&dqa);
                     /* key rows [k0, split) were seen by an earlier query block; [split, k0 + kn)
                      * are seen first here */
@@ -159,12 +196,25 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
                         size_t j0 = fresh ? split : k0, j1 = fresh ? k0 + kn : split;
                         if (j0 == j1) continue;
                         int acc = accumulate || !fresh;
-                        const gemm_args dka = {j1 - j0, HS, rn, ds + (j0 - k0), ATT_KB, 0,
-                                               q + r0 * 3 * C, 3 * C, 1, dk + j0 * 3 * C, 3 * C,
-                                               NULL, acc};
+                        /* key rows j0..j1-1: dk (j1-j0, HS) (+)= dS^T (j1-j0, rn) @ q rows
+                         * (rn, HS) and dv (+)= P^T @ dout rows. Query blocks run in order and
+                         * key row j is first seen by the block holding query j, so overwriting
+                         * the fresh rows there (acc 0) and adding everywhere after is exact. */
+                        const gemm_args dka = {
+                            .M = j1 - j0, .N = HS, .K = rn,
+                            .a = ds + (j0 - k0), .lda = ATT_KB, .a_rowmajor = 0, /* dS^T */
+                            .b = q + r0 * 3 * C, .ldb = 3 * C, .b_rowmajor = 1,
+                            .c = dk + j0 * 3 * C, .ldc = 3 * C,
+                            .bias = NULL, .accumulate = acc,
+                        };
                         femto_gemm_serial(&dka);
-                        const gemm_args dva = {j1 - j0, HS, rn, p + (j0 - k0), T, 0, g, C, 1,
-                                               dv + j0 * 3 * C, 3 * C, NULL, acc};
+                        const gemm_args dva = {
+                            .M = j1 - j0, .N = HS, .K = rn,
+                            .a = p + (j0 - k0), .lda = T, .a_rowmajor = 0, /* P^T */
+                            .b = g, .ldb = C, .b_rowmajor = 1,
+                            .c = dv + j0 * 3 * C, .ldc = 3 * C,
+                            .bias = NULL, .accumulate = acc,
+                        };
                         femto_gemm_serial(&dva);
                     }
                 }
@@ -230,8 +280,15 @@ void attention_cached_forward(float* out, float* kcache, float* vcache, const fl
                 size_t nkeys = pos + r1;
                 for (size_t k0 = 0; k0 < nkeys; k0 += ATT_KB) {
                     size_t kn = nkeys - k0 < ATT_KB ? nkeys - k0 : ATT_KB;
-                    const gemm_args scores = {rn, kn, HS, q + r0 * 3 * C, 3 * C, 1, keys + k0 * HS,
-                                              HS, 0, s, ATT_KB, NULL, 0};
+                    /* scores (rn, kn) = q rows (rn, HS) @ keys k0.. ^T (HS, kn), overwriting the
+                     * tile scratch s */
+                    const gemm_args scores = {
+                        .M = rn, .N = kn, .K = HS,
+                        .a = q + r0 * 3 * C, .lda = 3 * C, .a_rowmajor = 1,
+                        .b = keys + k0 * HS, .ldb = HS, .b_rowmajor = 0,
+                        .c = s, .ldc = ATT_KB,
+                        .bias = NULL, .accumulate = 0,
+                    };
                     femto_gemm_serial(&scores);
                     for (size_t i = 0; i < rn; i++) {
                         size_t seen = pos + r0 + i + 1;  // query r0+i sees keys 0 .. seen-1
@@ -249,9 +306,15 @@ void attention_cached_forward(float* out, float* kcache, float* vcache, const fl
                         }
                         for (size_t j = last; j < kn; j++) p[j] = 0.0f;
                     }
-                    /* output rows += P (rn, kn) @ values (kn, HS) */
-                    const gemm_args weighted = {rn, HS, kn, s, ATT_KB, 1, values + k0 * HS, HS, 1,
-                                                o, C, NULL, 1};
+                    /* output rows (rn, HS) += P (rn, kn) @ values (kn, HS): always added, into
+                     * the rows zeroed above and rescaled by each tile's correction */
+                    const gemm_args weighted = {
+                        .M = rn, .N = HS, .K = kn,
+                        .a = s, .lda = ATT_KB, .a_rowmajor = 1,
+                        .b = values + k0 * HS, .ldb = HS, .b_rowmajor = 1,
+                        .c = o, .ldc = C,
+                        .bias = NULL, .accumulate = 1,
+                    };
                     femto_gemm_serial(&weighted);
                 }
                 for (size_t i = 0; i < rn; i++) {

@@ -15,7 +15,7 @@ void crossentropy_forward(float* loss, float* logsumexp, const float* logits,
         size_t v = 0;
         for (; v + 8 <= V; v += 8)
             for (size_t j = 0; j < 8; j++) acc[j] += vec_expf(z[v + j] - maxval);
-        float sum = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+        float sum = vec_combine8(acc);
         for (; v < V; v++) sum += vec_expf(z[v] - maxval);
         logsumexp[n] = maxval + logf(sum);
     }

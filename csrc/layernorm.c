@@ -16,7 +16,7 @@ void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, c
         size_t c = 0;
         for (; c + 8 <= C; c += 8)
             for (size_t j = 0; j < 8; j++) acc[j] += (x[c + j] - m) * (x[c + j] - m);
-        float var = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+        float var = vec_combine8(acc);
         for (; c < C; c++) var += (x[c] - m) * (x[c] - m);
         var /= (float)C;
         float s = 1.0f / sqrtf(var + 1e-5f);
@@ -43,8 +43,8 @@ static inline void dinp_row(float* restrict dx, const float* restrict g, const f
             a1[j] += dnorm;
             a2[j] += dnorm * ((x[c + j] - m) * s);
         }
-    float dnorm_mean = ((a1[0] + a1[4]) + (a1[1] + a1[5])) + ((a1[2] + a1[6]) + (a1[3] + a1[7]));
-    float dnorm_norm_mean = ((a2[0] + a2[4]) + (a2[1] + a2[5])) + ((a2[2] + a2[6]) + (a2[3] + a2[7]));
+    float dnorm_mean = vec_combine8(a1);
+    float dnorm_norm_mean = vec_combine8(a2);
     for (; c < C; c++) {
         float dnorm = weight[c] * g[c];
         dnorm_mean += dnorm;

@@ -416,7 +416,13 @@ void matmul_forward(float* out, const float* inp, const float* weight, const flo
         return;
     }
     /* out (N, OC) = inp (N, C) @ weight^T, weight read as B(c, o) = weight[o*C + c] */
-    const gemm_args g = {N, OC, C, inp, C, 1, weight, C, 0, out, OC, bias, 0};
+    const gemm_args g = {
+        .M = N, .N = OC, .K = C,
+        .a = inp, .lda = C, .a_rowmajor = 1,
+        .b = weight, .ldb = C, .b_rowmajor = 0,
+        .c = out, .ldc = OC,
+        .bias = bias, .accumulate = 0,
+    };
     gemm(&g);
 }
 
@@ -439,15 +445,27 @@ void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dou
     if (dinp) {
         /* dinp (N, C) (+)= dout (N, OC) @ weight (OC, C); overwriting gives the same bits as adding
          * into zeros (0 + x == x), so a fresh gradient skips its zero-fill at no cost in accuracy */
-        const gemm_args g = {N, C, OC, dout, OC, 1, weight, C, 1, dinp, C, 0, accumulate_dinp != 0,
-                             NULL};
+        const gemm_args g = {
+            .M = N, .N = C, .K = OC,
+            .a = dout, .lda = OC, .a_rowmajor = 1,
+            .b = weight, .ldb = C, .b_rowmajor = 1,
+            .c = dinp, .ldc = C,
+            .bias = NULL, .accumulate = accumulate_dinp != 0,
+        };
         gemm(&g);
     }
     if (dweight && C > 0) {
         /* dweight (OC, C) += dout^T (OC, N) @ inp (N, C); dout^T is dout read column-major */
         /* dbias (the column sums of dout) comes from the same product: its packing of dout^T sums
          * the rows it copies, so dout is read once for both */
-        const gemm_args g = {OC, C, N, dout, OC, 0, inp, C, 1, dweight, C, 0, 1, dbias};
+        const gemm_args g = {
+            .M = OC, .N = C, .K = N,
+            .a = dout, .lda = OC, .a_rowmajor = 0,
+            .b = inp, .ldb = C, .b_rowmajor = 1,
+            .c = dweight, .ldc = C,
+            .bias = NULL, .accumulate = 1,
+            .a_rowsum = dbias,
+        };
         gemm(&g);
     } else if (dbias) {
         column_sums(dbias, dout, N, OC);

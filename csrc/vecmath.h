@@ -12,13 +12,19 @@
 /* below this many elements of work a kernel runs on one thread: a parallel region costs more */
 #define FEMTO_PARALLEL_MIN 32768
 
-/* sum of a[i] * b[i]; 8 lanes, then a fixed pairwise combine */
+/* the sum of 8 partial sums in one fixed pairwise order (lane j with lane j+4, then pairs): every
+ * 8-lane reduction ends here, so none depends on the thread count or the vector width */
+static inline float vec_combine8(const float acc[8]) {
+    return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+}
+
+/* sum of a[i] * b[i]; 8 lanes, then vec_combine8 */
 static inline float vec_dot(const float* restrict a, const float* restrict b, size_t n) {
     float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
     size_t i = 0;
     for (; i + 8 <= n; i += 8)
         for (size_t j = 0; j < 8; j++) acc[j] += a[i + j] * b[i + j];
-    float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    float s = vec_combine8(acc);
     for (; i < n; i++) s += a[i] * b[i];
     return s;
 }
@@ -29,7 +35,7 @@ static inline float vec_sum(const float* restrict a, size_t n) {
     size_t i = 0;
     for (; i + 8 <= n; i += 8)
         for (size_t j = 0; j < 8; j++) acc[j] += a[i + j];
-    float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    float s = vec_combine8(acc);
     for (; i < n; i++) s += a[i];
     return s;
 }
@@ -55,6 +61,22 @@ static inline float vec_max(const float* restrict a, size_t n) {
     return nan ? NAN : r;
 }
 
+/* Cephes expf's core, written once for a float and for a vec16 x (the same operations in the same
+ * order, so both give the same bits): n = round(x / ln 2) by the 1.5 * 2^23 trick, exact for
+ * |n| < 2^22; r = x - n ln 2, with ln 2 split in two for exactness; p = e^r by the polynomial. The
+ * caller scales p by 2^n. Only for x in [-87.33, 88.37]. */
+#define FEMTO_EXPF_CORE(x, n, p)                                          \
+    do {                                                                  \
+        n = ((x) * 1.44269504088896341f + 12582912.0f) - 12582912.0f;    \
+        __auto_type r_ = (x) - n * 0.693359375f - n * -2.12194440e-4f;    \
+        p = r_ * 1.9875691500e-4f + 1.3981999507e-3f;                     \
+        p = p * r_ + 8.3334519073e-3f;                                    \
+        p = p * r_ + 4.1665795894e-2f;                                    \
+        p = p * r_ + 1.6666665459e-1f;                                    \
+        p = p * r_ + 5.0000001201e-1f;                                    \
+        p = p * r_ * r_ + r_ + 1.0f;                                      \
+    } while (0)
+
 /* e^x for float x: Cephes expf's range reduction and polynomial, written without branches.
  * Results below 2^-126 flush to 0, x above 88.376 gives +inf, NaN stays NaN. */
 static inline float vec_expf(float x) {
@@ -62,16 +84,8 @@ static inline float vec_expf(float x) {
     /* Out-of-range x (and NaN) run the core on 0 and are replaced below: the core never sees NaN
      * or inf, and never makes a subnormal, whose multiply costs a microcode assist (~100 cycles). */
     float xc = x >= lo && x <= hi ? x : 0.0f;
-    /* n = round(x / ln 2) by the 1.5 * 2^23 trick, exact for |n| < 2^22 */
-    float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    float r = xc - n * 0.693359375f - n * -2.12194440e-4f; /* ln 2 split in two for exactness */
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
+    float n, p;
+    FEMTO_EXPF_CORE(xc, n, p);
     union {
         int32_t i;
         float f;
@@ -146,15 +160,8 @@ static inline float vec16_max(vec16 v) {
 /* e^x for x already in [-87.33, 88.37] (or NaN, which stays NaN): vec_expf's range reduction and
  * polynomial without its range handling, for callers that clamp (gelu.c) or select around it */
 static inline vec16 vec16_expf_in_range(vec16 x) {
-    vec16 n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    vec16 r = x - n * 0.693359375f - n * -2.12194440e-4f;
-    vec16 p = vec16_splat(1.9875691500e-4f);
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
+    vec16 n, p;
+    FEMTO_EXPF_CORE(x, n, p);
     vec16i e = (__builtin_convertvector(n, vec16i) + 127) << 23;
     return p * (vec16)e;
 }

@@ -18,7 +18,7 @@ import numpy as np
 from femto.errors import CheckpointError, ConfigError, WriteFailed
 from femto.fileio import append_line, fsync_directory, write_atomic, write_failed, write_synced
 from femto.memory_estimate import check_fits, weights_bytes
-from femto.model import GPTConfig
+from femto.model import GPTConfig, checked_weights
 from femto.runlock import checkpoint_lock
 from femto.safe_read import MAX_JSON_BYTES, check_links, loads_json, read_bytes
 
@@ -425,30 +425,7 @@ def load_weights(run_dir: pathlib.Path, state: RunState) -> dict[str, np.ndarray
     limit = 2 * weights_bytes(state.model) + 8 + MAX_HEADER_BYTES
     tensors, metadata = decode_safetensors(_read(run_dir, MODEL_FILE, limit), str(shown))
     _check_step(metadata, state, shown)
-    expected = state.model.param_shapes()
-    if "lm_head.weight" in tensors:
-        # nanoGPT's own state_dict carries the tied head; it must be wte itself
-        if not np.array_equal(tensors["lm_head.weight"], tensors.get("transformer.wte.weight")):
-            raise CheckpointError(
-                f"{shown}: lm_head.weight differs from transformer.wte.weight; femto's lm_head is tied"
-            )
-        del tensors["lm_head.weight"]
-    for name, shape in expected.items():
-        if name not in tensors:
-            raise CheckpointError(
-                f"{shown} lacks tensor {name} that the model config in config.json needs "
-                f"(n_layer={state.model.n_layer}, bias={state.model.bias})"
-            )
-        if tuple(tensors[name].shape) != shape:
-            raise CheckpointError(
-                f"{shown}: tensor {name} has shape {list(tensors[name].shape)}, config.json's model "
-                f"needs {list(shape)} (weights from a different model config?)"
-            )
-    unknown = sorted(set(tensors) - set(expected))
-    if unknown:
-        raise CheckpointError(
-            f"{shown} holds tensors the model config does not have: {', '.join(unknown[:4])}"
-        )
+    tensors = checked_weights(state.model, tensors, str(shown))  # nanoGPT's tied lm_head dropped
     _check_finite(tensors, shown)
     return tensors
 

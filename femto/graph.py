@@ -1,12 +1,12 @@
 """Tensors, ops and reverse-mode autograd. Bookkeeping only: every number is computed by a backend kernel.
 
 A Tensor is a flat backend buffer plus a shape. An op applied while gradients are enabled records itself
-on its output; `loss.backward()` walks those records in reverse topological order. Gradient kernels
-accumulate (+=) into each input's `.grad`, which the graph allocates zeroed the first time it is needed,
-unless the first kernel to write it overwrites every element (Op.fresh_grad_of) or the gradient is the
-upstream one passed through unchanged (Op.pass_grad_to): then no zero-fill is needed. A passed gradient
-may be shared by several nodes (both inputs of a residual add); it is copied only if one of them must
-add into it while another still needs it (Op.grad_of, Op.fresh_grad_of).
+on its output; `loss.backward()` walks those records in reverse topological order. An op's backward
+asks Op.grad_target for each input's gradient buffer and whether to add into it or overwrite it; the
+graph decides the rest. A gradient's first kernel overwrites an uninitialised buffer when it can
+(no zero-fill), and an identity path's gradient is the upstream one itself, shared by several nodes
+(both inputs of a residual add) and copied only if one of them must add into it while another still
+needs it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import math
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -81,7 +81,7 @@ class Tensor:
         # its ownership as it dies (Tensor.empty/zeros make one owner, reshaped() adds one)
         self.pooled = False
         self.value_range: tuple[int, int] | None = None  # (min, max) of int32 data, when known
-        # as a gradient: how many graph nodes have this tensor as their .grad (Op.pass_grad_to shares)
+        # as a gradient: how many graph nodes have this tensor as their .grad (Op.grad_target shares)
         self.grad_holders = 1
 
     @classmethod
@@ -196,6 +196,17 @@ class Tensor:
         return f"Tensor(shape={self.shape}, dtype={self.dtype}, backend={self.backend.name})"
 
 
+class GradTarget(NamedTuple):
+    """A gradient buffer a backward kernel writes, and how: accumulate 1 adds, 0 overwrites all."""
+
+    tensor: Tensor
+    accumulate: int
+
+    @property
+    def data(self) -> Any:
+        return self.tensor.data
+
+
 class Op:
     """One node of the graph. Subclasses implement forward (checks shapes, runs the forward kernel,
     saves what backward needs) and backward (runs the backward kernel into the inputs' gradients)."""
@@ -215,64 +226,56 @@ class Op:
     def output(self, shape: Sequence[int], dtype: str = "float32") -> Tensor:
         return Tensor.empty(shape, self.backend, dtype)
 
-    def grad_of(self, index: int) -> Tensor | None:
-        """The gradient buffer of input `index` to accumulate into, or None if it needs none."""
-        inp = self.inputs[index]
-        if not inp.requires_grad:
-            return None
-        return self._unshared_grad(inp) if inp.grad is not None else inp.ensure_grad()
+    def grad_target(
+        self, index: int, *, overwrite: bool = False, equals: Tensor | None = None
+    ) -> GradTarget | None:
+        """Where the backward kernel writes the gradient of input `index`: the one way an op asks.
 
-    def _unshared_grad(self, inp: Tensor) -> Tensor:
-        """inp.grad, made private first if other nodes still hold the same tensor (a gradient passed
-        to several inputs): a kernel is about to add into it, and the others must not see that."""
+        None when there is nothing to write: the input needs no gradient, or `equals` settled it.
+        Otherwise a GradTarget: its buffer, and `accumulate` (1: add into it, 0: overwrite it all).
+
+        overwrite=True: the kernel can overwrite every element (it takes an accumulate flag). The
+        first contribution to a gradient then lands in an uninitialised buffer, which saves
+        zero-filling it; without the flag a new gradient starts zeroed and accumulate is always 1.
+
+        equals=dout: this input's gradient is exactly `dout` (an identity path, such as the
+        residual add's). When the input has no gradient yet the graph settles it and returns None:
+        an intermediate input shares `dout` itself (several inputs may share one tensor: each holder
+        is counted, and one that must later add into it gets a private copy first), a leaf
+        (parameter) gets a copy, since its buffer outlives the graph. Otherwise the kernel adds
+        `dout` into the returned buffer."""
+        inp = self.inputs[index]
+        if inp is None or not inp.requires_grad:
+            return None
+        if inp.grad is None:
+            if equals is not None and equals.shape == inp.shape and equals.dtype == inp.dtype:
+                if inp.op is not None:
+                    inp.grad = equals
+                    equals.grad_holders += 1
+                else:
+                    # a copy reads dout once, where zero-fill + accumulate would write twice
+                    inp.grad = Tensor.empty(inp.shape, self.backend, inp.dtype)
+                    self.backend.copy_(inp.grad.data, equals.data)
+                return None
+            if overwrite:
+                inp.grad = Tensor.empty(inp.shape, self.backend, inp.dtype)
+                return GradTarget(inp.grad, 0)
+            return GradTarget(inp.ensure_grad(), 1)
         grad = inp.grad
         if grad.grad_holders > 1:
+            # shared with other nodes (a gradient passed to several inputs): a kernel is about to
+            # add into it, and the others must not see that
             own = Tensor.empty(grad.shape, self.backend, grad.dtype)
             self.backend.copy_(own.data, grad.data)
             grad.grad_holders -= 1
             inp.grad = grad = own
-        return grad
+        return GradTarget(grad, 1)
 
-    def fresh_grad_of(self, index: int) -> tuple[Tensor | None, int]:
-        """(gradient buffer of input `index`, accumulate flag) for a kernel that can either add into
-        a gradient (flag 1) or overwrite all of it (flag 0). The first contribution to a gradient
-        overwrites an uninitialised buffer, which saves zero-filling it; later ones accumulate."""
-        inp = self.inputs[index]
-        if not inp.requires_grad:
-            return None, 1
-        if inp.grad is None:
-            inp.grad = Tensor.empty(inp.shape, self.backend, inp.dtype)
-            return inp.grad, 0
-        return self._unshared_grad(inp), 1
-
-    def pass_grad_to(self, index: int, dout: Tensor) -> bool:
-        """Make `dout` itself the gradient of input `index` when that is exactly what the kernel would
-        add into a fresh zeroed buffer (an identity path, such as the residual add's). Only for
-        intermediate inputs that have no gradient yet; leaves (parameters) keep buffers of their own.
-        `dout` may go to several inputs: each holder is counted, backward() releases the output's hold
-        right after this op, and a holder that must add into it gets a private copy first.
-        Returns True when handed over; the caller then skips that gradient's kernel work."""
-        inp = self.inputs[index]
-        if not inp.requires_grad or inp.grad is not None or inp.op is None:
-            return False
-        if dout.shape != inp.shape or dout.dtype != inp.dtype:
-            return False
-        inp.grad = dout
-        dout.grad_holders += 1
-        return True
-
-    def copy_grad_to(self, index: int, dout: Tensor) -> bool:
-        """Give input `index` a private copy of `dout` as its gradient when it has none yet: for an
-        identity path whose dout is already handed to another input. A copy reads dout once, where
-        zero-fill + accumulate would write the buffer twice and read it once more. True when done."""
-        inp = self.inputs[index]
-        if not inp.requires_grad or inp.grad is not None:
-            return False
-        if dout.shape != inp.shape or dout.dtype != inp.dtype:
-            return False
-        inp.grad = Tensor.empty(inp.shape, self.backend, inp.dtype)
-        self.backend.copy_(inp.grad.data, dout.data)
-        return True
+    def input_grads(self) -> tuple[Tensor | None, ...]:
+        """The inputs' gradients, what backward returns once its kernels have run."""
+        return tuple(
+            inp.grad if inp is not None and inp.requires_grad else None for inp in self.inputs
+        )
 
     def __call__(self, *inputs: Tensor) -> Tensor:
         for t in inputs:

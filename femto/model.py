@@ -122,6 +122,41 @@ class KVCache:
         ]
 
 
+def checked_weights(
+    config: GPTConfig, arrays: dict[str, np.ndarray], source: str
+) -> dict[str, np.ndarray]:
+    """`arrays` less a tied lm_head, after checking they are exactly the config's parameters: every
+    name, no other, each shape. The one check for weights from any source (a checkpoint,
+    --init-from, a nanoGPT state_dict); `source` names it in the CheckpointError."""
+    arrays = dict(arrays)
+    head = arrays.pop(TIED_HEAD, None)
+    expected = config.param_shapes()
+    missing = [n for n in expected if n not in arrays]
+    if missing:
+        raise CheckpointError(
+            f"{source} lacks tensor {missing[0]} that the model config needs (missing tensors "
+            f"{', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}; the config has "
+            f"n_layer={config.n_layer}, bias={config.bias})"
+        )
+    unknown = sorted(set(arrays) - set(expected))
+    if unknown:
+        raise CheckpointError(
+            f"{source} holds tensors the model config does not have: {', '.join(unknown[:4])}"
+            f"{' ...' if len(unknown) > 4 else ''}"
+        )
+    for name, shape in expected.items():
+        if tuple(arrays[name].shape) != shape:
+            raise CheckpointError(
+                f"{source}: tensor {name} has shape {list(arrays[name].shape)}, the model config "
+                f"needs {list(shape)} (weights from a different model config?)"
+            )
+    if head is not None and not np.array_equal(head, arrays["transformer.wte.weight"]):
+        raise CheckpointError(
+            f"{source}: {TIED_HEAD} differs from transformer.wte.weight; femto's lm_head is tied"
+        )
+    return arrays
+
+
 class GPT:
     """nanoGPT's GPT: wte + wpe -> n_layer pre-LN blocks -> ln_f -> lm_head tied to wte.
 
@@ -176,27 +211,7 @@ class GPT:
 
         A tied `lm_head.weight` (as nanoGPT's own state_dict has) is accepted when it equals wte.
         """
-        arrays = dict(arrays)
-        head = arrays.pop(TIED_HEAD, None)
-        expected = self.config.param_shapes()
-        missing = [n for n in expected if n not in arrays]
-        unknown = [n for n in arrays if n not in expected]
-        if missing or unknown:
-            raise CheckpointError(
-                f"{source} do not fit this model config: missing tensors {missing[:4]}"
-                f"{' ...' if len(missing) > 4 else ''}, unexpected tensors {unknown[:4]}"
-                f"{' ...' if len(unknown) > 4 else ''}"
-            )
-        for name, shape in expected.items():
-            if tuple(arrays[name].shape) != shape:
-                raise CheckpointError(
-                    f"{source}: tensor {name} has shape {list(arrays[name].shape)}, the model config "
-                    f"needs {list(shape)}"
-                )
-        if head is not None and not np.array_equal(head, arrays["transformer.wte.weight"]):
-            raise CheckpointError(
-                f"{source}: {TIED_HEAD} differs from transformer.wte.weight; femto's lm_head is tied"
-            )
+        arrays = checked_weights(self.config, arrays, source)
         for name, t in self.params.items():
             t.copy_from_numpy(np.asarray(arrays[name], np.float32))
 

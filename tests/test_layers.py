@@ -40,7 +40,7 @@ TABLE = [
     ("femto.safe_read", []),  # bottom layer too: bounded reads of regular files
     ("femto.memory_estimate", []),  # bottom layer too: will a model fit in memory
     ("femto.backend", ["femto.backend.base"]),
-    ("femto.backend.cpu", ["femto.backend.base", "femto._cpu"]),
+    ("femto.backend.cpu", ["femto.backend.base", "femto.backend.source_hash", "femto._cpu"]),
     ("femto.backend.*", ["femto.backend.base"]),
     ("femto.graph", ["femto.backend.base"]),
     ("femto.ops", ["femto.ops.*"]),

@@ -11,7 +11,6 @@ checkout), so a stale build fails loudly instead of running old kernels.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
 import pathlib
 import platform
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from femto.backend.base import DTYPES, Capturing, dtype_name
+from femto.backend.source_hash import source_hash
 from femto.errors import BackendUnavailable, ExtensionBuildError
 
 REBUILD_HINT = "rebuild it with `pip install -e .` (or `python build_ffi.py`) in the femto checkout"
@@ -46,14 +46,7 @@ except ImportError as exc:  # the extension is part of femto; without it nothing
 def _checkout_source_hash() -> str | None:
     """The hash build_ffi.py would embed, when femto runs from a source checkout; None when installed."""
     csrc = pathlib.Path(__file__).resolve().parents[2] / "csrc"
-    header = csrc / "femto.h"
-    if not header.exists():
-        return None
-    digest = hashlib.sha256()
-    for path in [*sorted(csrc.glob("*.h")), *sorted(csrc.glob("*.c"))]:
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
+    return source_hash(csrc) if (csrc / "femto.h").exists() else None
 
 
 _built_hash = _cpu.ffi.string(_cpu.lib.femto_source_hash()).decode()
@@ -63,6 +56,31 @@ if _wanted_hash is not None and _wanted_hash != _built_hash:
         f"femto._cpu was built from older sources (build {_built_hash}, csrc/ now {_wanted_hash}): "
         f"{REBUILD_HINT}"
     )
+
+# kernel -> the names of its scalar parameters in femto.h, in order (build_ffi.py embeds them)
+KERNEL_SCALARS: dict[str, tuple[str, ...]] = {
+    name: tuple(filter(None, scalars.split(",")))
+    for name, _, scalars in (
+        entry.partition(":")
+        for entry in _cpu.ffi.string(_cpu.lib.femto_kernel_scalars()).decode().split(";")
+    )
+}
+
+
+def bind_scalars(name: str, scalars: dict[str, float]) -> list[float]:
+    """run()'s keyword scalars in femto.h's parameter order; any missing, unknown or misspelled
+    name is a TypeError naming the kernel's parameters, never a silent positional swap."""
+    wanted = KERNEL_SCALARS[name]
+    if len(scalars) == len(wanted):
+        try:
+            return [scalars[key] for key in wanted]
+        except KeyError:
+            pass
+    raise TypeError(
+        f"{name}: scalars {', '.join(scalars) or '(none)'} do not match the kernel's parameters "
+        f"{', '.join(wanted) or '(none)'} (csrc/femto.h)"
+    )
+
 
 # ---- the CPU path: which build of the kernels runs (build_ffi.py compiles one per instruction set) ----
 
@@ -278,7 +296,8 @@ class CPUBackend(Capturing):
         } | {"sum_squares"}
 
     def run(self, name: str, *bufs: Any, **scalars: float) -> None:
-        """Call kernel `name` with the buffers (None becomes NULL), then the scalars in keyword order."""
+        """Call kernel `name` with the buffers (None becomes NULL), then the scalars, bound by their
+        parameter names in csrc/femto.h (any keyword order)."""
         kernel = self._kernels.get(name)
         if kernel is None:
             kernel = self._kernels[name] = getattr(_cpu.lib, name)
@@ -295,7 +314,7 @@ class CPUBackend(Capturing):
                     f"{name}: buffer of dtype {buf.dtype} is not a contiguous float32/int32"
                 )
             args.append(from_buffer(c_array, buf))
-        args.extend(scalars.values())
+        args.extend(bind_scalars(name, scalars))
         kernel(*args)
         if self._plan is not None:
             for buf in bufs:

@@ -20,15 +20,11 @@ class Add(Op):
         return out
 
     def backward(self, dout: Tensor) -> tuple:
-        a, b = self.inputs
-        # da is dout itself: hand dout over as a's gradient when a has none yet (the residual
-        # stream's usual case) instead of zero-filling a buffer and adding dout into it
-        passed = a is not b and self.pass_grad_to(0, dout)
-        da = None if passed else self.grad_of(0)
-        # M == N and b (the branch) has no gradient: b shares dout too (the graph copies it only if
-        # a or b must be added into while the other still needs it), or gets a copy if it is a leaf
-        copied = passed and (self.pass_grad_to(1, dout) or self.copy_grad_to(1, dout))
-        db = None if copied else self.grad_of(1)
+        # da = dout, and db = dout too when b is not broadcast: the graph hands dout itself over
+        # where it can, and the kernel adds into whatever gradient is left to write
+        # (db sums dout over the leading axes when it is broadcast)
+        da = self.grad_target(0, equals=dout)
+        db = self.grad_target(1, equals=dout)
         if da is not None or db is not None:
             self.backend.run(
                 "add_backward",
@@ -36,9 +32,9 @@ class Add(Op):
                 db.data if db is not None else None,
                 dout.data,
                 N=dout.size,
-                M=b.size,
+                M=self.inputs[1].size,
             )
-        return (a.grad if passed else da, b.grad if copied else db)
+        return self.input_grads()
 
 
 def add(a: Tensor, b: Tensor) -> Tensor:

@@ -45,7 +45,7 @@ class Attention(Op):
         return out
 
     def backward(self, dout: Tensor) -> tuple:
-        dqkv, accumulate = self.fresh_grad_of(0)
+        dqkv = self.grad_target(0, overwrite=True)
         self.backend.run(
             "attention_backward",
             dqkv.data,
@@ -54,9 +54,9 @@ class Attention(Op):
             self.att.data,
             self.out.data,
             **self.sizes,
-            accumulate=accumulate,
+            accumulate=dqkv.accumulate,
         )
-        return (dqkv,)
+        return self.input_grads()
 
 
 def attention(qkv: Tensor, n_head: int) -> Tensor:

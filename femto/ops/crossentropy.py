@@ -47,7 +47,7 @@ class CrossEntropy(Op):
 
     def backward(self, dloss: Tensor) -> tuple:
         logits, targets = self.inputs
-        dlogits = self.grad_of(0)
+        dlogits = self.grad_target(0)
         self.backend.run(
             "crossentropy_backward",
             dlogits.data,
@@ -57,7 +57,7 @@ class CrossEntropy(Op):
             self.logsumexp.data,
             **self.sizes,
         )
-        return (dlogits, None)
+        return self.input_grads()
 
 
 def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:

@@ -38,12 +38,12 @@ class Dropout(Op):
 
     def backward(self, dout: Tensor) -> tuple:
         seeds = self.inputs[1]
-        dinp = self.grad_of(0)
+        dinp = self.grad_target(0)
         self.backend.run(
             "dropout_backward", dinp.data, dout.data, seeds.data, N=dout.size, p=self.p,
             site=self.site,
         )  # fmt: skip
-        return (dinp, None)
+        return self.input_grads()
 
 
 def seed_tensor(seed: int, backend) -> Tensor:

@@ -35,14 +35,14 @@ class Embedding(Op):
 
     def backward(self, dout: Tensor) -> tuple:
         ids, weight = self.inputs
-        dweight = self.grad_of(1)
+        dweight = self.grad_target(1)
         if dweight is None:  # ids have no gradient, so a frozen table leaves nothing to compute
             return (None, None)
         V, C = weight.shape
         self.backend.run(
             "embedding_backward", dweight.data, dout.data, ids.data, N=ids.size, V=V, C=C
         )
-        return (None, dweight)
+        return self.input_grads()
 
 
 def embedding(ids: Tensor, weight: Tensor) -> Tensor:

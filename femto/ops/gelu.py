@@ -15,16 +15,16 @@ class GELU(Op):
         return out
 
     def backward(self, dout: Tensor) -> tuple:
-        dinp, accumulate = self.fresh_grad_of(0)
+        dinp = self.grad_target(0, overwrite=True)
         self.backend.run(
             "gelu_backward",
             dinp.data,
             dout.data,
             self.inputs[0].data,
             N=dout.size,
-            accumulate=accumulate,
+            accumulate=dinp.accumulate,
         )
-        return (dinp,)
+        return self.input_grads()
 
 
 def gelu(inp: Tensor) -> Tensor:

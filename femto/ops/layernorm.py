@@ -41,7 +41,7 @@ class LayerNorm(Op):
 
     def backward(self, dout: Tensor) -> tuple:
         inp, weight, bias = self.inputs
-        grads = (self.grad_of(0), self.grad_of(1), self.grad_of(2) if bias is not None else None)
+        grads = (self.grad_target(0), self.grad_target(1), self.grad_target(2))
         self.backend.run(
             "layernorm_backward",
             *(g.data if g is not None else None for g in grads),
@@ -52,7 +52,7 @@ class LayerNorm(Op):
             self.rstd.data,
             **self.sizes,
         )
-        return grads
+        return self.input_grads()
 
 
 def layernorm(inp: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:

@@ -51,9 +51,9 @@ class Matmul(Op):
     def backward(self, dout: Tensor) -> tuple:
         inp, weight, bias = self.inputs
         # dinp first: a fresh one is overwritten, then dweight sees it as existing if weight is inp
-        dinp, accumulate_dinp = self.fresh_grad_of(0)
-        dweight = self.grad_of(1)
-        dbias = self.grad_of(2) if bias is not None else None
+        dinp = self.grad_target(0, overwrite=True)
+        dweight = self.grad_target(1)
+        dbias = self.grad_target(2)
         self.backend.run(
             "matmul_backward",
             *(g.data if g is not None else None for g in (dinp, dweight, dbias)),
@@ -61,9 +61,9 @@ class Matmul(Op):
             inp.data,
             weight.data,
             **self.sizes,
-            accumulate_dinp=accumulate_dinp,
+            accumulate_dinp=dinp.accumulate if dinp is not None else 1,
         )
-        return (dinp, dweight, dbias)
+        return self.input_grads()
 
 
 def matmul(inp: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:

@@ -1,0 +1,1 @@
+../csrc/dropout_hash.h
