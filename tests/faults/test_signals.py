@@ -94,13 +94,24 @@ def test_a_signal_while_femto_is_still_importing_is_one_line(work, tmp_path):
     from helpers_a import child_env
 
     corpus, env, _ = work
-    code = "import femto_launcher\nprint('importing', flush=True)\nfemto_launcher.main()\n"
+    # femto.cli's import is held open (a finder that sleeps), so the signal lands inside it
+    code = (
+        "import sys, time\n"
+        "class Slow:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'femto.cli':\n"
+        "            print('importing', flush=True)\n"
+        "            time.sleep(60)\n"
+        "sys.meta_path.insert(0, Slow())\n"
+        "import femto_launcher\n"
+        "femto_launcher.main()\n"
+    )
     args = ["train", "--data", corpus, "--out", tmp_path / "run", *TINY]
     child = subprocess.Popen(
         [sys.executable, "-c", code, *map(str, args)], env=child_env(env),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    wait_for_line(child, "importing")  # numpy and the extension take 100+ ms to import after this
+    wait_for_line(child, "importing")
     child.send_signal(signal.SIGINT)
     _, err = child.communicate(timeout=60)
     assert child.returncode == 1
