@@ -454,7 +454,7 @@ def _layernorm_forward(be, bufs, s) -> list[Launch]:
         (
             "layernorm_forward",
             *_rows(be, N, C),
-            [out, mean, rstd, inp, weight, bias, i32(N), i32(C)],
+            [out, mean, rstd, inp, weight, bias, i32(N), i32(C), f32(1.0 / C)],
         )
     ]
 
@@ -464,7 +464,7 @@ def _layernorm_backward(be, bufs, s) -> list[Launch]:
     N, C = s["N"], s["C"]
     plan = []
     if dinp is not None:
-        args = [dinp, dout, inp, weight, mean, rstd, i32(N), i32(C)]
+        args = [dinp, dout, inp, weight, mean, rstd, i32(N), i32(C), f32(1.0 / C)]
         plan.append(("layernorm_backward_dinp", *_rows(be, N, C), args))
     if dweight is not None or dbias is not None:
         args = [dweight, dbias, dout, inp, mean, rstd, i32(N), i32(C)]

@@ -56,6 +56,19 @@ def test_matches_reference(backend, lead, N, C, bias, offset, seed):
             assert_close(got, want, 1e-3, name)
 
 
+def test_single_channel_rows_normalise_to_exactly_zero(backend):
+    # at C = 1 every row is its own mean: the output is the bias and dinp is 0, exactly, on any driver
+    # (the mean must not come from a division a driver may round loosely)
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((9, 1)) * 100 + 3).astype(np.float32)
+    w, b = rng.standard_normal(1).astype(np.float32), rng.standard_normal(1).astype(np.float32)
+    dout = rng.standard_normal(x.shape).astype(np.float32)
+    out, (dx, _, db) = run_op(backend, layernorm, [x, w, b], (0, 1, 2), dout)
+    assert np.array_equal(out, np.broadcast_to(b, x.shape))
+    assert np.array_equal(dx, np.zeros_like(x))
+    assert np.allclose(db, dout.sum(0), rtol=1e-6)
+
+
 @pytest.mark.parametrize("shape", [(1, 1), (7, 3), (2, 3, 17), (3, 127)])
 @pytest.mark.parametrize("bias", [True, False])
 def test_directional_derivative(backend, rng, shape, bias):
