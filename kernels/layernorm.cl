@@ -55,19 +55,27 @@ __kernel void layernorm_backward_dinp(__global float* dinp, __global const float
     }
 }
 
-// parameter gradients sum over rows: work-item c owns column c of dweight and dbias
-__kernel void layernorm_backward_dparams(__global float* dweight, __global float* dbias,
-                                         __global const float* dout, __global const float* inp,
-                                         __global const float* mean, __global const float* rstd,
-                                         int N, int C) {
-    const int c = get_global_id(0);
+// first pass of the parameter gradients, split over rows: work-item (c, s) sums column c over the R
+// rows of split s, dweight's terms into partial[s * C + c] and dbias's into partial[(S + s) * C + c]
+__kernel void layernorm_backward_dparams(__global float* partial, __global const float* dout,
+                                         __global const float* inp, __global const float* mean,
+                                         __global const float* rstd, int N, int C, int R) {
+    const int c = get_global_id(0), s = get_global_id(1), S = get_global_size(1);
     if (c >= C) return;
+    const int end = min(N, (s + 1) * R);
     float dw = 0.0f, db = 0.0f;
-    for (int n = 0; n < N; n++) {
+    for (int n = s * R; n < end; n++) {
         const float g = dout[n * C + c];
         dw += (inp[n * C + c] - mean[n]) * rstd[n] * g;
         db += g;
     }
-    if (dweight) dweight[c] += dw;
-    if (dbias) dbias[c] += db;
+    partial[s * C + c] = dw;
+    partial[(S + s) * C + c] = db;
+}
+
+// second pass: dweight and dbias (either may be NULL) += their S partials
+__kernel void layernorm_backward_dparams_sum(__global float* dweight, __global float* dbias,
+                                             __global const float* partial, int C, int S) {
+    if (dweight) add_partials(dweight, partial, C, S);
+    if (dbias) add_partials(dbias, partial + S * C, C, S);
 }

@@ -34,6 +34,14 @@ MATMUL_LOCAL = (8, 8)  # each work-item computes an 8x8 block of the 64x64 tile
 ELEMENTWISE_LOCAL = 64
 # Column groups of embedding_backward: work-item (c, g) owns dweight[v, c] for every v with v % G == g.
 EMBEDDING_GROUPS = 16
+# Reductions over tokens split the rows into chunks of at least SPLIT_MIN_ROWS so that a launch has
+# about SPLIT_TARGET_ITEMS work-items (or SPLIT_TARGET_TILES matmul tiles) however few outputs it has:
+# enough for every compute unit of a large GPU. The count depends on the shapes only, never on the
+# device, so a run sums in the same order everywhere; partial sums never exceed SPLIT_MAX_SCRATCH.
+SPLIT_MIN_ROWS = 64
+SPLIT_TARGET_ITEMS = 32768
+SPLIT_TARGET_TILES = 256
+SPLIT_MAX_SCRATCH = 1 << 24
 # Work-groups of the first sum_squares pass (a fixed number, so the sum order never changes).
 SUM_SQUARES_GROUPS = 64
 # Kernel sizes are int arguments: tensors past 2**31 - 1 elements would overflow their index math.
@@ -389,6 +397,21 @@ def _tiles(rows: int, cols: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return (g0, g1), (lx, ly)
 
 
+def _splits(rows: int, outputs: int, target: int, partial_size: int) -> tuple[int, int]:
+    """(S, R): split a reduction over `rows` into S chunks of R rows (the last may be shorter) so that
+    `outputs` * S reaches `target`, no chunk is under SPLIT_MIN_ROWS and S partial sums of
+    `partial_size` elements fit in SPLIT_MAX_SCRATCH."""
+    want = -(-target // max(outputs, 1))
+    most = max(1, min(-(-rows // SPLIT_MIN_ROWS), SPLIT_MAX_SCRATCH // max(partial_size, 1)))
+    S = max(1, min(want, most))
+    R = -(-rows // S)
+    return -(-rows // R), R  # R rounded up may leave fewer chunks
+
+
+def _split_sum(be, cl_name: str, dst: CLBuffer, partial: CLBuffer, M: int, S: int) -> Launch:
+    return (cl_name, *_elementwise(M), [dst, partial, i32(M), i32(S)])
+
+
 def _matmul_forward(be, bufs, s) -> list[Launch]:
     out, inp, weight, bias = bufs
     N, C, OC = s["N"], s["C"], s["OC"]
@@ -403,10 +426,22 @@ def _matmul_backward(be, bufs, s) -> list[Launch]:
     if dinp is not None:  # (N, C) (+)= dout (N, OC) @ weight (OC, C)
         args = [dinp, dout, weight, *sizes, i32(s["accumulate_dinp"])]
         plan.append(("matmul_backward_dinp", *_tiles(N, C), args))
-    if dweight is not None:  # (OC, C) += dout^T (OC, N) @ inp (N, C)
-        plan.append(("matmul_backward_dweight", *_tiles(OC, C), [dweight, dout, inp, *sizes]))
-    if dbias is not None:
-        plan.append(("matmul_backward_dbias", *_rows(be, OC, N), [dbias, dout, *sizes]))
+    if dweight is not None:  # (OC, C) += dout^T (OC, N) @ inp (N, C), split-K over N
+        (g0, g1), local = _tiles(OC, C)
+        tiles = (g0 // local[0]) * (g1 // local[1])
+        S, R = _splits(N, tiles, SPLIT_TARGET_TILES, OC * C)
+        dst = dweight if S == 1 else be.scratch("split_partials", S * OC * C)
+        args = [dst, dout, inp, *sizes, i32(R), i32(S == 1)]
+        plan.append(("matmul_backward_dweight", (g0, g1, S), (*local, 1), args))
+        if S > 1:
+            plan.append(_split_sum(be, "matmul_backward_sum", dweight, dst, OC * C, S))
+    if dbias is not None:  # column sums of dout (N, OC), split over N
+        S, R = _splits(N, OC, SPLIT_TARGET_ITEMS, OC)
+        partial = be.scratch("split_partials", S * OC)
+        grid = (_round_up(OC, ELEMENTWISE_LOCAL), S)
+        args = [partial, dout, i32(N), i32(OC), i32(R)]
+        plan.append(("matmul_backward_dbias", grid, (ELEMENTWISE_LOCAL, 1), args))
+        plan.append(_split_sum(be, "matmul_backward_sum", dbias, partial, OC, S))
     return plan
 
 
@@ -420,14 +455,13 @@ def _embedding_backward(be, bufs, s) -> list[Launch]:
     dweight, dout, ids = bufs
     N, V, C = s["N"], s["V"], s["C"]
     groups = min(EMBEDDING_GROUPS, max(V, 1))
-    return [
-        (
-            "embedding_backward",
-            (C, groups),
-            None,
-            [dweight, dout, ids, i32(N), i32(V), i32(C), i32(groups)],
-        )
-    ]
+    S, R = _splits(N, C * groups, SPLIT_TARGET_ITEMS, V * C)
+    dst = dweight if S == 1 else be.scratch("split_partials", S * V * C)
+    args = [dst, dout, ids, i32(N), i32(V), i32(C), i32(groups), i32(R), i32(S == 1)]
+    plan: list[Launch] = [("embedding_backward", (C, groups, S), None, args)]
+    if S > 1:
+        plan.append(_split_sum(be, "embedding_backward_sum", dweight, dst, V * C, S))
+    return plan
 
 
 def _add_forward(be, bufs, s) -> list[Launch]:
@@ -466,9 +500,14 @@ def _layernorm_backward(be, bufs, s) -> list[Launch]:
     if dinp is not None:
         args = [dinp, dout, inp, weight, mean, rstd, i32(N), i32(C), f32(1.0 / C)]
         plan.append(("layernorm_backward_dinp", *_rows(be, N, C), args))
-    if dweight is not None or dbias is not None:
-        args = [dweight, dbias, dout, inp, mean, rstd, i32(N), i32(C)]
-        plan.append(("layernorm_backward_dparams", *_elementwise(C), args))
+    if dweight is not None or dbias is not None:  # column sums over N, split over N
+        S, R = _splits(N, C, SPLIT_TARGET_ITEMS, 2 * C)
+        partial = be.scratch("split_partials", 2 * S * C)
+        grid = (_round_up(C, ELEMENTWISE_LOCAL), S)
+        args = [partial, dout, inp, mean, rstd, i32(N), i32(C), i32(R)]
+        plan.append(("layernorm_backward_dparams", grid, (ELEMENTWISE_LOCAL, 1), args))
+        args = [dweight, dbias, partial, i32(C), i32(S)]
+        plan.append(("layernorm_backward_dparams_sum", *_elementwise(C), args))
     return plan
 
 
@@ -619,14 +658,17 @@ STEMS: dict[str, str] = {
     "matmul_backward_dinp": "matmul",
     "matmul_backward_dweight": "matmul",
     "matmul_backward_dbias": "matmul",
+    "matmul_backward_sum": "matmul",
     "embedding_forward": "embedding",
     "embedding_backward": "embedding",
+    "embedding_backward_sum": "embedding",
     "add_forward": "add",
     "add_backward_da": "add",
     "add_backward_db": "add",
     "layernorm_forward": "layernorm",
     "layernorm_backward_dinp": "layernorm",
     "layernorm_backward_dparams": "layernorm",
+    "layernorm_backward_dparams_sum": "layernorm",
     "gelu_forward": "gelu",
     "gelu_backward": "gelu",
     "attention_forward": "attention",
