@@ -628,15 +628,15 @@ def _gib(nbytes: int) -> str:
 def devices(as_json: bool) -> None:
     """List OpenCL platforms and devices, for --device opencl:P:D.
 
-    The device marked * is what plain --device opencl picks: the first GPU, else the first device.
+    The device marked * is what plain --device opencl picks: the first GPU, else the first CPU
+    driver; a simulator (SIM, e.g. Oclgrind) only when there is nothing else.
     """
     import json
 
     from femto.backend import opencl  # lazily: pyopencl loads only for this command
 
     rows = opencl.list_devices()
-    gpus = [r for r in rows if "GPU" in r["type"]]
-    default = (gpus or rows)[0] if rows else None
+    default = opencl.default_device(rows)
     if as_json:
         click.echo(json.dumps([{**r, "default": r is default} for r in rows], indent=2))
         return

@@ -47,12 +47,48 @@ def test_list_devices_reports_memory_and_compute_units(cl_backend):
     assert (devices[0]["platform"], devices[0]["device"]) == (0, 0)
 
 
-def test_default_device_is_first_gpu_else_first_device(cl_backend):
-    devices = opencl.list_devices()
-    gpus = [d for d in devices if "GPU" in d["type"]]
-    want = (gpus or devices)[0]
+def test_default_device_is_the_preferred_type(cl_backend):
+    want = opencl.default_device(opencl.list_devices())
     assert cl_backend.device.name.strip() == want["name"]
     assert want["name"] in cl_backend.device_name
+
+
+def _row(p, d, kind):
+    return {"platform": p, "device": d, "type": kind, "name": f"{kind} {p}:{d}"}
+
+
+@pytest.mark.parametrize(
+    "kinds, want",
+    [
+        (["SIM", "CPU", "GPU"], 2),  # a GPU wherever it is listed
+        (["SIM", "CPU"], 1),  # a real CPU driver (PoCL) before the Oclgrind simulator
+        (["CPU", "SIM"], 0),
+        (["OTHER", "CPU", "CPU"], 1),  # the first of the best type
+        (["SIM", "ACCEL"], 1),
+        (["SIM"], 0),  # a simulator alone is still a device
+    ],
+)
+def test_default_device_prefers_gpu_then_cpu_driver_then_simulator(kinds, want):
+    rows = [_row(p, 0, kind) for p, kind in enumerate(kinds)]
+    assert opencl.default_device(rows) is rows[want]
+    assert opencl.default_device([]) is None
+
+
+class _FakeDevice:
+    def __init__(self, platform_name, type_bits):
+        self.platform = type("P", (), {"name": platform_name})()
+        self.type = type_bits
+
+
+def test_oclgrind_is_a_simulator_not_a_gpu():
+    cl = pytest.importorskip("pyopencl")
+    t = cl.device_type
+    # Oclgrind reports every type bit (GPU | CPU | ACCELERATOR | DEFAULT); PoCL reports ALL | CPU
+    assert opencl._device_type(cl, _FakeDevice("Oclgrind", t.ALL)) == "SIM"
+    assert opencl._device_type(cl, _FakeDevice("Oclgrind", t.CPU)) == "SIM"
+    pocl = _FakeDevice("Portable Computing Language", t.CPU | t.DEFAULT)
+    assert opencl._device_type(cl, pocl) == "CPU"
+    assert opencl._device_type(cl, _FakeDevice("NVIDIA CUDA", t.GPU)) == "GPU"
 
 
 def test_exact_device_spec_picks_that_device(cl_backend):

@@ -2,7 +2,8 @@
 
 Same protocol as the CPU backend, so ops, graph and model never know which one runs. `LAUNCHES` maps
 each C kernel name (csrc/femto.h) to the CL kernel(s) it enqueues and their geometry. No silent device
-choice: "opencl" is the first GPU, else the first device (logged); "opencl:P:D" is exactly that one.
+choice: "opencl" is the first GPU, else the first CPU driver, a simulator (Oclgrind) last (logged);
+"opencl:P:D" is exactly that one.
 """
 
 from __future__ import annotations
@@ -76,12 +77,31 @@ def _devices(cl: Any, platform: Any) -> list[Any]:
 
 
 def _device_type(cl: Any, device: Any) -> str:
+    """GPU, ACCEL, CPU, SIM (a simulator such as Oclgrind) or OTHER."""
+    platform = device.platform.name.strip().lower()
+    # Oclgrind claims every type bit at once (GPU | CPU | ACCELERATOR): it runs kernels in an
+    # interpreter 100x slower than a CPU driver, so it must never pass for a GPU
+    every_kind = device.type & cl.device_type.GPU and device.type & cl.device_type.CPU
+    if "oclgrind" in platform or every_kind:
+        return "SIM"
     # PoCL reports its CPU device as ALL | CPU, so test the bits rather than print the flag set
     for bit, label in ((cl.device_type.GPU, "GPU"), (cl.device_type.ACCELERATOR, "ACCEL"),
                        (cl.device_type.CPU, "CPU")):  # fmt: skip
         if device.type & bit:
             return label
     return "OTHER"
+
+
+# What plain --device opencl prefers: a GPU, then an accelerator, then a real CPU driver (PoCL,
+# Intel's), then anything else, and a simulator last; ties go to the first in `femto devices` order.
+TYPE_PREFERENCE = ("GPU", "ACCEL", "CPU", "OTHER", "SIM")
+
+
+def default_device(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The row of list_devices() that plain --device opencl picks (None when there is none)."""
+    if not rows:
+        return None
+    return min(rows, key=lambda r: (TYPE_PREFERENCE.index(r["type"]), r["platform"], r["device"]))
 
 
 def list_devices() -> list[dict[str, Any]]:
@@ -118,7 +138,7 @@ def _parse_device_spec(spec: str) -> tuple[int, int]:
 
 
 def choose_device(spec: str | None = None) -> Any:
-    """The pyopencl device for 'P:D', or, with no spec, the first GPU, else the first device."""
+    """The pyopencl device for 'P:D', or, with no spec, default_device's choice."""
     cl = _import_pyopencl()
     platforms = _platforms(cl)
     if spec is not None:
@@ -135,15 +155,21 @@ def choose_device(spec: str | None = None) -> Any:
                 f"{len(devices)} device(s), see `femto devices`"
             )
         return devices[d]
-    everything = [
-        (p, d, dev) for p, pf in enumerate(platforms) for d, dev in enumerate(_devices(cl, pf))
-    ]
+    everything = {
+        (p, d): dev for p, pf in enumerate(platforms) for d, dev in enumerate(_devices(cl, pf))
+    }
     if not everything:
         raise BackendUnavailable(f"OpenCL platforms exist but none has a device: {INSTALL_HINT}")
-    gpus = [entry for entry in everything if _device_type(cl, entry[2]) == "GPU"]
-    p, d, device = (gpus or everything)[0]
-    kind = "GPU" if gpus else "no GPU found, first device"
-    log.info("opencl: using %s (opencl:%d:%d, %s)", device.name.strip(), p, d, kind)
+    rows = [
+        {"platform": p, "device": d, "type": _device_type(cl, dev)}
+        for (p, d), dev in everything.items()
+    ]
+    best = default_device(rows)
+    device = everything[best["platform"], best["device"]]
+    log.info(
+        "opencl: using %s (opencl:%d:%d, %s)",
+        device.name.strip(), best["platform"], best["device"], best["type"],
+    )  # fmt: skip
     return device
 
 
