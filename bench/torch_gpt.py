@@ -62,7 +62,7 @@ class TorchGPT(nn.Module):
 
     def forward(self, idx, targets=None, caches=None, pos: int = 0):
         T = idx.shape[1]
-        x = self.wte(idx) + self.wpe(torch.arange(pos, pos + T))
+        x = self.wte(idx) + self.wpe(torch.arange(pos, pos + T, device=idx.device))
         for i, block in enumerate(self.h):
             x = block(x, caches[i] if caches is not None else None, pos)
         logits = self.lm_head(self.ln_f(x))
@@ -78,13 +78,16 @@ class TorchGPT(nn.Module):
 
     def new_caches(self, batch: int) -> list[dict]:
         hs = self.n_embd // self.n_head
-        shape = (batch, self.n_head, self.block_size, hs)
-        return [{"k": torch.zeros(shape), "v": torch.zeros(shape)} for _ in self.h]
+        shape, device = (batch, self.n_head, self.block_size, hs), self.wte.weight.device
+        return [
+            {"k": torch.zeros(shape, device=device), "v": torch.zeros(shape, device=device)}
+            for _ in self.h
+        ]
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, new_tokens: int, use_cache: bool) -> torch.Tensor:
         """Greedy-free multinomial sampling at temperature 1; with a cache, one position per step."""
-        generator = torch.Generator().manual_seed(0)
+        generator = torch.Generator(device=idx.device).manual_seed(0)
         caches, pos = None, 0
         for _ in range(new_tokens):
             if use_cache:

@@ -515,3 +515,32 @@ def test_a_training_step_moves_only_the_ids_in_and_the_loss_out(cl_backend, monk
     int32 = np.dtype(np.int32)
     assert sorted(uploads) == sorted([(int32, (3, 8))] * 2 + [(int32, (sites,))])
     assert len(downloads) == 1  # the loss
+
+
+# ---- profiling ----
+
+
+def test_profiling_counts_launches_and_replays(cl_backend):
+    backend = get_backend(f"opencl:{_spec_of(cl_backend)}", profile=True)
+    x = backend.from_numpy(np.ones(100, np.float32))
+    out = backend.empty(100)
+    backend.start_profile()
+    backend.run("gelu_forward", out, x, N=100)
+    with backend.capture() as plan:
+        backend.run("gelu_forward", out, x, N=100)
+    backend.replay(plan)
+    backend.replay(plan)
+    totals = backend.stop_profile()
+    assert set(totals) == {"gelu_forward"}
+    launches, ms = totals["gelu_forward"]
+    assert launches == 4 and ms >= 0.0
+    assert backend.stop_profile() == {}  # nothing is kept after a stop
+    with pytest.raises(RuntimeError, match="profile=True"):
+        cl_backend.start_profile()
+
+
+def _spec_of(backend) -> str:
+    for d in opencl.list_devices():
+        if d["name"] == backend.device.name.strip():
+            return f"{d['platform']}:{d['device']}"
+    raise AssertionError("the backend's device is not listed")

@@ -229,13 +229,18 @@ class OpenCLBackend(Capturing):
         device: str | None = None,
         kernels_dir: str | os.PathLike | None = None,
         build_options: Sequence[str] = (),
+        profile: bool = False,
     ):
         cl = _import_pyopencl()
         self._cl = cl
         self.device = choose_device(device)
         self.device_name = f"{self.device.name.strip()} ({self.device.platform.name.strip()})"
         self.context = cl.Context([self.device])
-        self.queue = cl.CommandQueue(self.context)
+        # profile=True: every kernel launch keeps its event (start_profile/stop_profile), replays too
+        self.profile = profile
+        properties = cl.command_queue_properties.PROFILING_ENABLE if profile else 0
+        self.queue = cl.CommandQueue(self.context, properties=properties)
+        self._events: list[tuple[str, Any]] | None = None
         self.kernels_dir = pathlib.Path(kernels_dir) if kernels_dir else find_kernels_dir()
         self.build_options = tuple(build_options)
         self._kernels: dict[str, Any] = {}
@@ -325,6 +330,35 @@ class OpenCLBackend(Capturing):
     def synchronize(self) -> None:
         self.queue.finish()
 
+    # ---- profiling (a backend made with profile=True) ----
+
+    def start_profile(self) -> None:
+        """Keep the event of every kernel launched from now on, until stop_profile()."""
+        if not self.profile:
+            raise RuntimeError("start_profile needs an OpenCLBackend made with profile=True")
+        self._events = []
+
+    def stop_profile(self) -> dict[str, tuple[int, float]]:
+        """{CL kernel name: (launches, device milliseconds)} of the launches since start_profile(),
+        from the events' start and end times (waits for the queue)."""
+        self.queue.finish()
+        events, self._events = self._events or [], None
+        totals: dict[str, tuple[int, float]] = {}
+        for cl_name, event in events:
+            launches, ms = totals.get(cl_name, (0, 0.0))
+            totals[cl_name] = (launches + 1, ms + (event.profile.end - event.profile.start) * 1e-6)
+        return totals
+
+    def _profiled(self, cl_name: str, kernel: Any) -> Callable[..., Any]:
+        """A launcher for a capture that also keeps the replay's event while profiling."""
+
+        def launch(*args: Any) -> None:
+            event = kernel(*args)
+            if self._events is not None:
+                self._events.append((cl_name, event))
+
+        return launch
+
     # ---- kernels ----
 
     def kernel_names(self) -> set[str]:
@@ -382,8 +416,11 @@ class OpenCLBackend(Capturing):
                 continue
             cl_args = [arg.buf if isinstance(arg, CLBuffer) else arg for arg in args]
             kernel = self._kernel(cl_name)
-            kernel(self.queue, global_size, local_size, *cl_args)
-            self._record(kernel, self.queue, global_size, local_size, *cl_args)
+            event = kernel(self.queue, global_size, local_size, *cl_args)
+            if self._events is not None:
+                self._events.append((cl_name, event))
+            launcher = self._profiled(cl_name, kernel) if self.profile else kernel
+            self._record(launcher, self.queue, global_size, local_size, *cl_args)
 
 
 def _build_log(program: Any, device: Any, exc: Exception) -> str:
