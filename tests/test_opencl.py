@@ -138,7 +138,7 @@ def test_broken_kernel_file_reports_file_and_build_log(cl_backend, tmp_path):
         shutil.copy(path, tmp_path)
     broken = tmp_path / "gelu.cl"
     broken.write_text(broken.read_text().replace("exp(", "no_such_function_xyz(", 1))
-    backend = opencl.OpenCLBackend(device="0:0", kernels_dir=tmp_path)
+    backend = opencl.OpenCLBackend(device=_spec_of(cl_backend), kernels_dir=tmp_path)
     out, inp = backend.zeros(4), backend.zeros(4)
     with pytest.raises(KernelBuildError) as info:
         backend.run("gelu_forward", out, inp, N=4)
@@ -149,7 +149,7 @@ def test_broken_kernel_file_reports_file_and_build_log(cl_backend, tmp_path):
 
 
 def test_missing_kernel_file_is_a_build_error(cl_backend, tmp_path):
-    backend = opencl.OpenCLBackend(device="0:0", kernels_dir=tmp_path)
+    backend = opencl.OpenCLBackend(device=_spec_of(cl_backend), kernels_dir=tmp_path)
     with pytest.raises(KernelBuildError, match="matmul.cl"):
         backend.run("matmul_forward", backend.zeros(1), backend.zeros(1), backend.zeros(1), None,
                     N=1, C=1, OC=1)  # fmt: skip
