@@ -464,6 +464,8 @@ def _splits(rows: int, outputs: int, target: int, partial_size: int) -> tuple[in
     """(S, R): split a reduction over `rows` into S chunks of R rows (the last may be shorter) so that
     `outputs` * S reaches `target`, no chunk is under SPLIT_MIN_ROWS and S partial sums of
     `partial_size` elements fit in SPLIT_MAX_SCRATCH."""
+    if rows < 1:  # nothing to sum: one split of nothing leaves the gradients as they are
+        return 1, 1
     want = -(-target // max(outputs, 1))
     most = max(1, min(-(-rows // SPLIT_MIN_ROWS), SPLIT_MAX_SCRATCH // max(partial_size, 1)))
     S = max(1, min(want, most))
