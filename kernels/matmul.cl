@@ -4,9 +4,20 @@
 
 #include "reduce.h"
 
+// The tile shape comes from -D build options (femto/backend/opencl.py's matmul tuner picks it per
+// device and shape class); these defaults are the fallback.
+#ifndef TILE
 #define TILE 64            // side of a work-group's square output tile
-#define TK 16              // K step: local memory holds A (TILE x TK) and B (TK x TILE), 8 KiB
+#endif
+#ifndef TK
+#define TK 16              // K step: local memory holds A (TILE x TK) and B (TK x TILE)
+#endif
+#ifndef WPT
 #define WPT 8              // each work-item keeps WPT x WPT outputs in registers, strided by RTS
+#endif
+#if TILE % WPT != 0 || TK < 1
+#error "TILE must be a multiple of WPT and TK at least 1"
+#endif
 #define RTS (TILE / WPT)   // local size is (RTS, RTS)
 
 // out[i * N + j] = (accumulate ? out[i * N + j] : bias[j] or 0) + sum_k A(i, k) * B(k, j)

@@ -544,3 +544,84 @@ def _spec_of(backend) -> str:
         if d["name"] == backend.device.name.strip():
             return f"{d['platform']}:{d['device']}"
     raise AssertionError("the backend's device is not listed")
+
+
+# ---- the matmul tuner ----
+
+SMALL = {"small": (70, 45, 33)}  # one quick shape class
+
+
+@pytest.fixture
+def tune_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEMTO_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache" / opencl.TUNE_CACHE_FILE
+
+
+def test_tuner_rejects_a_candidate_that_fails_to_build(cl_backend, tune_cache):
+    backend = get_backend(f"opencl:{_spec_of(cl_backend)}", tune=False)
+    results = opencl.tune_matmul(backend, [(64, 16, 7), (32, 16, 4)], SMALL, repeats=1)
+    assert results["small"]["params"] == [32, 16, 4]
+    assert "failed" in results["small"]["rejected"]["64x16x7"]  # TILE not a multiple of WPT
+    assert backend.matmul_params["small"] == (32, 16, 4)
+
+
+def test_tuner_rejects_a_candidate_with_a_wrong_result(cl_backend, tune_cache, tmp_path):
+    kernels = tmp_path / "kernels"
+    shutil.copytree(cl_backend.kernels_dir, kernels)
+    source = (kernels / "matmul.cl").read_text()
+    wrong = "out[i * N + j] = base + acc[wi][wj] + (TK == 8 ? 1.0f : 0.0f);"
+    (kernels / "matmul.cl").write_text(source.replace("out[i * N + j] = base + acc[wi][wj];", wrong))
+    backend = opencl.OpenCLBackend(device=_spec_of(cl_backend), kernels_dir=kernels, tune=False)
+    results = opencl.tune_matmul(backend, [(64, 8, 8), (32, 16, 4)], SMALL, repeats=1)
+    assert results["small"]["params"] == [32, 16, 4]
+    assert "wrong result" in results["small"]["rejected"]["64x8x8"]
+
+
+def test_tuner_choice_is_cached_by_device_and_reused(cl_backend, tune_cache):
+    spec = _spec_of(cl_backend)
+    first = opencl.tune_matmul(get_backend(f"opencl:{spec}", tune=False), [(32, 8, 4)], SMALL, 1)
+    assert first["small"]["cached"] is False and tune_cache.exists()
+    stored = json.loads(tune_cache.read_text())
+    assert list(stored) == [opencl.device_key(cl_backend.device)]
+    backend = get_backend(f"opencl:{spec}", tune=False)
+    assert backend.matmul_params == {"small": (32, 8, 4)}  # read back when a backend starts
+    again = opencl.tune_matmul(backend, [(64, 16, 8)], SMALL, 1)
+    assert again["small"]["cached"] is True and again["small"]["params"] == [32, 8, 4]
+    forced = opencl.tune_matmul(backend, [(64, 16, 8)], SMALL, 1, force=True)
+    assert forced["small"]["cached"] is False and forced["small"]["params"] == [64, 16, 8]
+    tune_cache.write_text("{not json")  # a damaged cache means tuning afresh, never an error
+    assert get_backend(f"opencl:{spec}", tune=False).matmul_params == {}
+
+
+@pytest.mark.parametrize("params", [(32, 8, 4), (128, 16, 8), (16, 4, 2), (64, 32, 8)])
+def test_every_tile_shape_matches_numpy(cl_backend, cpu, rng, params, tune_cache):
+    backend = get_backend(f"opencl:{_spec_of(cl_backend)}", tune=False)
+    backend.matmul_params = {"small": params, "large": params}
+    for N, C, OC in ((1, 1, 1), (70, 45, 33), (300, 70, 130), (4099, 17, 9)):
+        x, w = rng.standard_normal((N, C)), rng.standard_normal((OC, C))
+        b, dout = rng.standard_normal(OC), rng.standard_normal((N, OC))
+        results = []
+        for be in (backend, cpu):
+            up = lambda a: be.from_numpy(np.ascontiguousarray(a, np.float32).reshape(-1))  # noqa: E731
+            out, dx = be.empty(N * OC), be.empty(N * C)
+            dw, db = be.zeros(OC * C), be.zeros(OC)
+            be.run("matmul_forward", out, up(x), up(w), up(b), N=N, C=C, OC=OC)
+            be.run("matmul_backward", dx, dw, db, up(dout), up(x), up(w), N=N, C=C, OC=OC,
+                   accumulate_dinp=0)  # fmt: skip
+            results.append([be.to_numpy(t) for t in (out, dx, dw, db)])
+        for name, got, want in zip(("out", "dinp", "dweight", "dbias"), *results):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=f"{params} {name}")
+
+
+def test_tuning_on_first_use_and_femto_devices_tune(cl_backend, tune_cache):
+    from click.testing import CliRunner
+
+    from femto.cli import main
+
+    backend = get_backend(f"opencl:{_spec_of(cl_backend)}", tune=True)  # a GPU's default
+    assert set(backend.matmul_params) == {"small", "large"} and tune_cache.exists()
+    result = CliRunner().invoke(main, ["devices", "--tune", "--device", f"opencl:{_spec_of(cl_backend)}"])
+    assert result.exit_code == 0, result.output
+    assert "TILE x TK x WPT" in result.output and "cached" in result.output
+    bad = CliRunner().invoke(main, ["devices", "--tune", "--device", "cpu"])
+    assert bad.exit_code != 0 and "needs an OpenCL device" in bad.output

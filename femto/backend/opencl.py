@@ -8,9 +8,11 @@ choice: "opencl" is the first GPU, else the first CPU driver, a simulator (Oclgr
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pathlib
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -28,9 +30,9 @@ INSTALL_HINT = (
 
 # Work-group size of the reductions; the .cl files declare their __local scratch with the same bound.
 REDUCE_LOCAL = 256
-# Side of the square output tile each matmul work-group computes (TILE in kernels/matmul.cl).
-MATMUL_TILE = 64
-MATMUL_LOCAL = (8, 8)  # each work-item computes an 8x8 block of the 64x64 tile
+# matmul tile shapes (TILE, TK, WPT) of kernels/matmul.cl: a work-group computes a TILE x TILE output
+# tile stepping TK along K, each work-item a WPT x WPT block. The default is what runs untuned.
+MATMUL_DEFAULT = (64, 16, 8)
 # Work-group size of one-work-item-per-element kernels.
 ELEMENTWISE_LOCAL = 64
 # Column groups of embedding_backward: work-item (c, g) owns dweight[v, c] for every v with v % G == g.
@@ -203,8 +205,9 @@ class CLBuffer:
         return f"CLBuffer(size={self.size}, dtype={self.dtype})"
 
 
-# One enqueue: (CL kernel name, global size, local size or None, arguments in CL order).
-Launch = tuple[str, tuple[int, ...], "tuple[int, ...] | None", list]
+# One enqueue: (CL kernel name, global size, local size or None, arguments in CL order), optionally
+# followed by a tuple of extra build options (the matmul tile shape).
+Launch = tuple  # (str, tuple[int, ...], tuple[int, ...] | None, list[, tuple[str, ...]])
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -230,6 +233,7 @@ class OpenCLBackend(Capturing):
         kernels_dir: str | os.PathLike | None = None,
         build_options: Sequence[str] = (),
         profile: bool = False,
+        tune: bool | None = None,
     ):
         cl = _import_pyopencl()
         self._cl = cl
@@ -247,6 +251,15 @@ class OpenCLBackend(Capturing):
         # (path, options) -> built program; the backend owns its context, so this is per context
         self._programs: dict[tuple[str, str], Any] = {}
         self._scratch: dict[str, CLBuffer] = {}
+        # matmul tile shape per shape class: the tuner's cached choice for this device, else default
+        self.matmul_params: dict[str, tuple[int, int, int]] = {}
+        self.matmul_params.update(cached_matmul_params(self.device))
+        # tune=None tunes a GPU on its first use (kept in the cache directory), never a CPU driver,
+        # where the default is what the tests cover and `femto devices --tune` is the way to tune
+        if tune is None:
+            tune = _device_type(cl, self.device) == "GPU" and not self.matmul_params
+        if tune:
+            tune_matmul(self)
         # a sub-buffer's origin must be aligned to mem_base_addr_align, which OpenCL gives in bits
         self.view_alignment = max(1, int(self.device.mem_base_addr_align) // 32)
         # reductions halve the local size each step, so it must be a power of two
@@ -364,10 +377,12 @@ class OpenCLBackend(Capturing):
     def kernel_names(self) -> set[str]:
         return set(LAUNCHES)
 
-    def _program(self, stem: str) -> Any:
+    def _program(self, stem: str, extra: tuple[str, ...] = ()) -> Any:
         path = self.kernels_dir / f"{stem}.cl"
         # -I lets kernel files include the shared reduce.h; pyopencl's binary cache follows includes
-        options = " ".join(("-cl-std=CL1.2", f'-I "{self.kernels_dir}"', *self.build_options))
+        options = " ".join(
+            ("-cl-std=CL1.2", f'-I "{self.kernels_dir}"', *self.build_options, *extra)
+        )
         key = (str(path), options)
         program = self._programs.get(key)
         if program is None:
@@ -388,13 +403,17 @@ class OpenCLBackend(Capturing):
             self._programs[key] = program
         return program
 
-    def _kernel(self, cl_name: str) -> Any:
-        kernel = self._kernels.get(cl_name)
+    def _kernel(self, cl_name: str, extra: tuple[str, ...] = ()) -> Any:
+        kernel = self._kernels.get((cl_name, extra))
         if kernel is None:
-            program = self._program(STEMS[cl_name])
+            program = self._program(STEMS[cl_name], extra)
             kernel = self._cl.Kernel(program, cl_name)
-            self._kernels[cl_name] = kernel
+            self._kernels[(cl_name, extra)] = kernel
         return kernel
+
+    def matmul_tiles(self, M: int, N: int) -> tuple[int, int, int]:
+        """(TILE, TK, WPT) for an M x N output: the tuned choice of its shape class, else the default."""
+        return self.matmul_params.get(shape_class(M, N), MATMUL_DEFAULT)
 
     def build_all(self) -> None:
         """Compile every kernel file now (otherwise each is built on first use)."""
@@ -411,11 +430,11 @@ class OpenCLBackend(Capturing):
                 raise TypeError(
                     f"{name}: got {type(buf).__name__}, expected a buffer of this backend"
                 )
-        for cl_name, global_size, local_size, args in plan(self, bufs, scalars):
+        for cl_name, global_size, local_size, args, *extra in plan(self, bufs, scalars):
             if 0 in global_size:
                 continue
             cl_args = [arg.buf if isinstance(arg, CLBuffer) else arg for arg in args]
-            kernel = self._kernel(cl_name)
+            kernel = self._kernel(cl_name, extra[0] if extra else ())
             event = kernel(self.queue, global_size, local_size, *cl_args)
             if self._events is not None:
                 self._events.append((cl_name, event))
@@ -431,6 +450,151 @@ def _build_log(program: Any, device: Any, exc: Exception) -> str:
     except Exception:  # noqa: BLE001 - any failure here must not hide the original build error
         log_text = ""
     return (log_text or str(exc)).strip()
+
+
+# ---- the matmul tuner: tile shapes timed per device, driver and shape class, cached on disk ----
+
+# Outputs up to this many elements are "small" (A-D's layers at a few thousand tokens), above "large".
+SMALL_OUTPUT = 1 << 19
+# The shape (M output rows, N output columns, K) each class is timed at, on a GPU and elsewhere.
+TUNE_SHAPES = {
+    "GPU": {"small": (2048, 256, 64), "large": (8192, 2048, 512)},
+    "other": {"small": (512, 128, 64), "large": (1024, 768, 256)},
+}
+# Candidates (TILE, TK, WPT): the default first, so a tie keeps it.
+GPU_CANDIDATES = [
+    MATMUL_DEFAULT, (32, 16, 4), (32, 8, 4), (32, 16, 2), (64, 8, 8), (64, 32, 8), (64, 16, 4),
+    (128, 16, 8), (128, 8, 8), (64, 8, 4), (32, 32, 4),
+]
+CPU_CANDIDATES = [MATMUL_DEFAULT, (32, 16, 4), (64, 8, 8)]  # few: tuning a CPU driver stays cheap
+TUNE_CACHE_FILE = "opencl-matmul-tiles.json"
+
+
+def shape_class(M: int, N: int) -> str:
+    return "small" if M * N <= SMALL_OUTPUT else "large"
+
+
+def cache_dir() -> pathlib.Path:
+    return pathlib.Path(os.environ.get("FEMTO_CACHE_DIR") or pathlib.Path.home() / ".cache" / "femto")
+
+
+def device_key(device: Any) -> str:
+    """What a tuned choice is valid for: the device, its platform and the driver's version."""
+    return " | ".join(
+        (device.name.strip(), device.platform.name.strip(), device.driver_version.strip())
+    )
+
+
+def _read_tune_cache(path: pathlib.Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):  # none yet, or unreadable: tune afresh rather than fail
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def cached_matmul_params(device: Any) -> dict[str, tuple[int, int, int]]:
+    """The tuner's choices for this device from the cache directory ({} when never tuned)."""
+    entry = _read_tune_cache(cache_dir() / TUNE_CACHE_FILE).get(device_key(device), {})
+    chosen = {}
+    for klass, row in entry.items():
+        params = row.get("params") if isinstance(row, dict) else None
+        if isinstance(params, list) and len(params) == 3 and all(isinstance(p, int) for p in params):
+            chosen[klass] = (params[0], params[1], params[2])
+    return chosen
+
+
+def _fits(be: OpenCLBackend, params: tuple[int, int, int]) -> bool:
+    tile, tk, wpt = params
+    if wpt < 1 or tile % wpt:
+        return True  # let the build reject it (kernels/matmul.cl's #error), as a real failure
+    rts = tile // wpt
+    local_bytes = 2 * tile * tk * 4
+    return rts * rts <= int(be.device.max_work_group_size) and local_bytes <= int(
+        be.device.local_mem_size
+    )
+
+
+def tune_matmul(
+    be: OpenCLBackend,
+    candidates: Sequence[tuple[int, int, int]] | None = None,
+    shapes: dict[str, tuple[int, int, int]] | None = None,
+    repeats: int = 3,
+    force: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """Time matmul_forward for each candidate tile shape at each shape class's shape, keep the
+    fastest that builds and matches numpy, store the choice in the cache directory and use it.
+
+    Returns {class: {"params", "ms", "cached", "rejected": {candidate: reason}}}. A cached choice
+    for this device and driver is reused unless force."""
+    is_gpu = _device_type(be._cl, be.device) == "GPU"
+    candidates = list(candidates or (GPU_CANDIDATES if is_gpu else CPU_CANDIDATES))
+    shapes = shapes or TUNE_SHAPES["GPU" if is_gpu else "other"]
+    path = cache_dir() / TUNE_CACHE_FILE
+    key = device_key(be.device)
+    cached = _read_tune_cache(path).get(key, {})
+    results: dict[str, dict[str, Any]] = {}
+    rng = np.random.default_rng(0)
+    for klass, (M, N, K) in shapes.items():
+        if not force and klass in cached and klass in cached_matmul_params(be.device):
+            results[klass] = {**cached[klass], "cached": True}
+            be.matmul_params[klass] = tuple(cached[klass]["params"])
+            continue
+        x = rng.standard_normal((M, K)).astype(np.float32)
+        w = rng.standard_normal((N, K)).astype(np.float32)
+        want = x.astype(np.float64) @ w.astype(np.float64).T
+        bufs = [be.from_numpy(x), be.from_numpy(w)]
+        out = be.empty(M * N)
+        best: tuple[float, tuple[int, int, int]] | None = None
+        rejected: dict[str, str] = {}
+        for params in candidates:
+            name = "x".join(map(str, params))
+            if not _fits(be, params):
+                rejected[name] = "exceeds the device's work-group or local memory size"
+                continue
+            be.matmul_params[klass] = params
+            try:
+                be.run("matmul_forward", out, *bufs, None, N=M, C=K, OC=N)
+                got = be.to_numpy(out).reshape(M, N)
+            except (KernelBuildError, be._cl.Error) as exc:
+                rejected[name] = f"failed: {str(exc).splitlines()[0][:120]}"
+                continue
+            error = np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-30)
+            if not np.isfinite(error) or error > 1e-4:
+                rejected[name] = f"wrong result (relative error {error:.2g})"
+                continue
+            times = []
+            for _ in range(repeats):
+                be.synchronize()
+                t0 = time.perf_counter()
+                be.run("matmul_forward", out, *bufs, None, N=M, C=K, OC=N)
+                be.synchronize()
+                times.append(time.perf_counter() - t0)
+            ms = min(times) * 1000
+            if best is None or ms < best[0]:
+                best = (ms, params)
+        if best is None:  # nothing usable: the default stays (it is what the tests cover)
+            be.matmul_params.pop(klass, None)
+            results[klass] = {"params": list(MATMUL_DEFAULT), "ms": None, "cached": False,
+                              "rejected": rejected, "shape": [M, N, K]}  # fmt: skip
+            continue
+        be.matmul_params[klass] = best[1]
+        results[klass] = {"params": list(best[1]), "ms": best[0], "cached": False,
+                          "rejected": rejected, "shape": [M, N, K]}  # fmt: skip
+    stored = _read_tune_cache(path)
+    stored[key] = {
+        k: {kk: vv for kk, vv in r.items() if kk != "cached"}
+        for k, r in results.items()
+        if r.get("ms") is not None
+    }
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(stored, indent=2) + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:  # a read-only cache costs a re-tune next time, not the run
+        log.warning("opencl: could not write the matmul tuning cache %s: %s", path, exc)
+    return results
 
 
 # ---- launch table: C kernel name -> the CL kernels it enqueues ----
@@ -452,12 +616,21 @@ def _rows(be: OpenCLBackend, rows: int, width: int) -> tuple[tuple[int, ...], tu
     return (rows * local,), (local,)
 
 
-def _tiles(rows: int, cols: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """matmul grid: dimension 0 walks output columns, dimension 1 rows, MATMUL_TILE per work-group."""
-    lx, ly = MATMUL_LOCAL
-    g0 = _round_up(cols, MATMUL_TILE) // MATMUL_TILE * lx
-    g1 = _round_up(rows, MATMUL_TILE) // MATMUL_TILE * ly
-    return (g0, g1), (lx, ly)
+def _tiles(be: OpenCLBackend, rows: int, cols: int):
+    """matmul grid for a rows x cols output: dimension 0 walks output columns, dimension 1 rows, a
+    TILE x TILE tile per work-group of (TILE / WPT)^2 work-items; and the build options of that shape."""
+    tile, tk, wpt = be.matmul_tiles(rows, cols)
+    rts = tile // wpt
+    g0 = _round_up(cols, tile) // tile * rts
+    g1 = _round_up(rows, tile) // tile * rts
+    return (g0, g1), (rts, rts), matmul_options((tile, tk, wpt))
+
+
+def matmul_options(params: tuple[int, int, int]) -> tuple[str, ...]:
+    if params == MATMUL_DEFAULT:
+        return ()  # the file's own defaults: one program shared with dbias and the sums
+    tile, tk, wpt = params
+    return (f"-DTILE={tile}", f"-DTK={tk}", f"-DWPT={wpt}")
 
 
 def _splits(rows: int, outputs: int, target: int, partial_size: int) -> tuple[int, int]:
@@ -480,7 +653,9 @@ def _split_sum(be, cl_name: str, dst: CLBuffer, partial: CLBuffer, M: int, S: in
 def _matmul_forward(be, bufs, s) -> list[Launch]:
     out, inp, weight, bias = bufs
     N, C, OC = s["N"], s["C"], s["OC"]
-    return [("matmul_forward", *_tiles(N, OC), [out, inp, weight, bias, i32(N), i32(C), i32(OC)])]
+    grid, local, options = _tiles(be, N, OC)
+    args = [out, inp, weight, bias, i32(N), i32(C), i32(OC)]
+    return [("matmul_forward", grid, local, args, options)]
 
 
 def _matmul_backward(be, bufs, s) -> list[Launch]:
@@ -490,14 +665,15 @@ def _matmul_backward(be, bufs, s) -> list[Launch]:
     plan = []
     if dinp is not None:  # (N, C) (+)= dout (N, OC) @ weight (OC, C)
         args = [dinp, dout, weight, *sizes, i32(s["accumulate_dinp"])]
-        plan.append(("matmul_backward_dinp", *_tiles(N, C), args))
+        grid, local, options = _tiles(be, N, C)
+        plan.append(("matmul_backward_dinp", grid, local, args, options))
     if dweight is not None:  # (OC, C) += dout^T (OC, N) @ inp (N, C), split-K over N
-        (g0, g1), local = _tiles(OC, C)
+        (g0, g1), local, options = _tiles(be, OC, C)
         tiles = (g0 // local[0]) * (g1 // local[1])
         S, R = _splits(N, tiles, SPLIT_TARGET_TILES, OC * C)
         dst = dweight if S == 1 else be.scratch("split_partials", S * OC * C)
         args = [dst, dout, inp, *sizes, i32(R), i32(S == 1)]
-        plan.append(("matmul_backward_dweight", (g0, g1, S), (*local, 1), args))
+        plan.append(("matmul_backward_dweight", (g0, g1, S), (*local, 1), args, options))
         if S > 1:
             plan.append(_split_sum(be, "matmul_backward_sum", dweight, dst, OC * C, S))
     if dbias is not None:  # column sums of dout (N, OC), split over N
