@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One GPU session's measurements, about 8 minutes on one GPU: run from the project's root on the GPU
 # machine. Each step has its own time limit, so a slow or hung one costs its limit, not the session;
-# everything lands in $OUT (default ./gpu-results): the device list, the OpenCL tests, the benchmark
+# everything lands in $OUT (default ./gpu-results): the device list, the matmul tuner's table (cached in
+# $FEMTO_CACHE_DIR, so later steps use it), the OpenCL tests, the benchmark
 # of configs A-E beside PyTorch CUDA eager (when torch sees CUDA) and the per-kernel profile.
 #
 #   bash bench/gpu_session.sh            # the set-up of .gpu/on-device.sh is sourced when present
@@ -35,6 +36,8 @@ step() {  # step NAME SECONDS COMMAND...: run it with a limit, output in $OUT/NA
 }
 
 step devices 60 "$PY" -m femto devices
+# the matmul tile shapes, timed and cached before anything else builds a backend
+step tune 90 "$PY" -m femto devices --tune
 step nvidia-smi 20 sh -c "nvidia-smi || echo no nvidia-smi here"
 step tests 150 env FEMTO_REQUIRE_OPENCL=1 "$PY" -m pytest -q -p no:cacheprovider -x tests/ops tests/test_opencl.py tests/test_capture.py -k opencl
 step bench 200 "$PY" bench/opencl_speed.py --device opencl "${configs[@]}" --steps "$STEPS" \
@@ -42,5 +45,5 @@ step bench 200 "$PY" bench/opencl_speed.py --device opencl "${configs[@]}" --ste
 step profile 120 "$PY" bench/opencl_speed.py --device opencl "${profile_configs[@]}" --steps "$STEPS" \
     --warmup 2 --sample-tokens 20 --no-torch --profile --save "$OUT/profile.json"
 tail -n 3 "$OUT"/tests.txt
-cat "$OUT/bench.txt" "$OUT/profile.txt" 2>/dev/null
+cat "$OUT/tune.txt" "$OUT/bench.txt" "$OUT/profile.txt" 2>/dev/null
 exit $failed
