@@ -124,9 +124,16 @@ def torch_cuda_ready() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def torch_cuda_bench(config_name: str, steps: int, warmup: int, sample_tokens: int) -> dict:
-    """The PyTorch twin on the first CUDA device, fp32 without TF32, as eager as femto's loop."""
+def torch_cuda_bench(
+    config_name: str, steps: int, warmup: int, sample_tokens: int, device: str = "cuda"
+) -> dict:
+    """The PyTorch twin on the first CUDA device, fp32 without TF32, as eager as femto's loop
+    (device="cpu" only to check this function where there is no GPU)."""
     import torch
+
+    def sync() -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()
 
     sys.path.insert(0, str(pathlib.Path(__file__).parent))
     from torch_gpt import TorchGPT
@@ -137,15 +144,15 @@ def torch_cuda_bench(config_name: str, steps: int, warmup: int, sample_tokens: i
     cfg, batch = CONFIGS[config_name]
     model = TorchGPT(
         cfg["vocab_size"], cfg["block_size"], cfg["n_layer"], cfg["n_head"], cfg["n_embd"]
-    ).cuda()
+    ).to(device)
     optimizer = model.optimizer(lr=1e-3)
-    generator = torch.Generator(device="cuda").manual_seed(0)
+    generator = torch.Generator(device=device).manual_seed(0)
     times = []
     for i in range(warmup + steps):
         shape = (batch, cfg["block_size"])
-        x = torch.randint(0, cfg["vocab_size"], shape, device="cuda", generator=generator)
-        y = torch.randint(0, cfg["vocab_size"], shape, device="cuda", generator=generator)
-        torch.cuda.synchronize()
+        x = torch.randint(0, cfg["vocab_size"], shape, device=device, generator=generator)
+        y = torch.randint(0, cfg["vocab_size"], shape, device=device, generator=generator)
+        sync()
         t0 = time.perf_counter()
         _, loss = model(x, y)
         loss.backward()
@@ -153,18 +160,18 @@ def torch_cuda_bench(config_name: str, steps: int, warmup: int, sample_tokens: i
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # as femto's AdamW clips
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
+        sync()
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     tokens = min(sample_tokens, cfg["block_size"] - 1)
-    start = torch.zeros((1, 1), dtype=torch.long, device="cuda")
+    start = torch.zeros((1, 1), dtype=torch.long, device=device)
     model.generate(start, 8, use_cache=True)  # warm-up
-    torch.cuda.synchronize()
+    sync()
     t0 = time.perf_counter()
     model.generate(start, tokens, use_cache=True)
-    torch.cuda.synchronize()
+    sync()
     return {
-        "device_name": torch.cuda.get_device_name(0),
+        "device_name": torch.cuda.get_device_name(0) if device == "cuda" else device,
         "step_ms": statistics.median(times) * 1000,
         "step_ms_min": min(times) * 1000,
         "sample_tokens_per_s": tokens / (time.perf_counter() - t0),
