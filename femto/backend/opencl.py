@@ -542,27 +542,41 @@ def tune_matmul(
             continue
         x = rng.standard_normal((M, K)).astype(np.float32)
         w = rng.standard_normal((N, K)).astype(np.float32)
-        want = x.astype(np.float64) @ w.astype(np.float64).T
+        dout = rng.standard_normal((M, N)).astype(np.float32)
+        x64, w64, dout64 = x.astype(np.float64), w.astype(np.float64), dout.astype(np.float64)
+        wants = (x64 @ w64.T, dout64 @ w64, dout64.T @ x64)  # out, dinp, dweight
         bufs = [be.from_numpy(x), be.from_numpy(w)]
-        out = be.empty(M * N)
+        dout_buf = be.from_numpy(dout)
+        out, dinp, dweight = be.empty(M * N), be.empty(M * K), be.empty(N * K)
         best: tuple[float, tuple[int, int, int]] | None = None
         rejected: dict[str, str] = {}
+        tuned = dict(be.matmul_params)
         for params in candidates:
             name = "x".join(map(str, params))
             if not _fits(be, params):
                 rejected[name] = "exceeds the device's work-group or local memory size"
                 continue
-            be.matmul_params[klass] = params
+            # every product of the check runs with the candidate, whatever class its shape is
+            be.matmul_params = {"small": params, "large": params}
             try:
                 be.run("matmul_forward", out, *bufs, None, N=M, C=K, OC=N)
-                got = be.to_numpy(out).reshape(M, N)
+                be.zero_(dweight)
+                be.run("matmul_backward", dinp, dweight, None, dout_buf, bufs[0], bufs[1],
+                       N=M, C=K, OC=N, accumulate_dinp=0)  # fmt: skip
+                gots = [be.to_numpy(b) for b in (out, dinp, dweight)]
             except (KernelBuildError, be._cl.Error) as exc:
                 rejected[name] = f"failed: {str(exc).splitlines()[0][:120]}"
                 continue
-            error = np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-30)
+            finally:
+                be.matmul_params = dict(tuned)
+            error = max(
+                np.max(np.abs(got - want.reshape(-1))) / max(np.max(np.abs(want)), 1e-30)
+                for got, want in zip(gots, wants)
+            )
             if not np.isfinite(error) or error > 1e-4:
                 rejected[name] = f"wrong result (relative error {error:.2g})"
                 continue
+            be.matmul_params[klass] = params
             times = []
             for _ in range(repeats):
                 be.synchronize()
@@ -570,6 +584,7 @@ def tune_matmul(
                 be.run("matmul_forward", out, *bufs, None, N=M, C=K, OC=N)
                 be.synchronize()
                 times.append(time.perf_counter() - t0)
+            be.matmul_params = dict(tuned)
             ms = min(times) * 1000
             if best is None or ms < best[0]:
                 best = (ms, params)
