@@ -39,7 +39,7 @@ step devices 60 "$PY" -m femto devices
 # the matmul tile shapes, timed and cached before anything else builds a backend
 step tune 90 "$PY" -m femto devices --tune
 step nvidia-smi 20 sh -c "nvidia-smi || echo no nvidia-smi here"
-step tests 150 env FEMTO_REQUIRE_OPENCL=1 "$PY" -m pytest -q -p no:cacheprovider -x tests/ops tests/test_opencl.py tests/test_capture.py -k opencl
+step tests 150 env FEMTO_REQUIRE_OPENCL=1 "$PY" -m pytest -q -p no:cacheprovider tests/ops tests/test_opencl.py tests/test_capture.py -k opencl
 step bench 200 "$PY" bench/opencl_speed.py --device opencl "${configs[@]}" --steps "$STEPS" \
     --warmup 2 --save "$OUT/bench.json"
 step profile 120 "$PY" bench/opencl_speed.py --device opencl "${profile_configs[@]}" --steps "$STEPS" \
