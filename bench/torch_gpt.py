@@ -85,7 +85,7 @@ class TorchGPT(nn.Module):
         if last_only and targets is not None:
             raise ValueError("a loss needs every position's logits: last_only with targets")
         T = idx.shape[1]
-        x = self.wte(idx) + self.wpe(torch.arange(pos, pos + T))
+        x = self.wte(idx) + self.wpe(torch.arange(pos, pos + T, device=idx.device))
         for i, block in enumerate(self.h):
             trim = last_only and i == len(self.h) - 1
             x = block(x, caches[i] if caches is not None else None, pos, trim)
@@ -102,8 +102,11 @@ class TorchGPT(nn.Module):
 
     def new_caches(self, batch: int) -> list[dict]:
         hs = self.n_embd // self.n_head
-        shape = (batch, self.n_head, self.block_size, hs)
-        return [{"k": torch.zeros(shape), "v": torch.zeros(shape)} for _ in self.h]
+        shape, device = (batch, self.n_head, self.block_size, hs), self.wte.weight.device
+        return [
+            {"k": torch.zeros(shape, device=device), "v": torch.zeros(shape, device=device)}
+            for _ in self.h
+        ]
 
     def load_femto(self, arrays: dict) -> None:
         """Copy femto's parameters (nanoGPT's names, femto.model.GPT.to_numpy()) into this model."""
@@ -121,7 +124,7 @@ class TorchGPT(nn.Module):
         """Multinomial sampling at temperature 1; with a cache, one position per step. Like femto's
         sampler, the cached loop computes the last position's logits only, and the uncached one
         every position's (femto's graph forward has no last-only form)."""
-        generator = torch.Generator().manual_seed(0)
+        generator = torch.Generator(device=idx.device).manual_seed(0)
         caches, pos = None, 0
         for _ in range(new_tokens):
             if use_cache:

@@ -1,25 +1,27 @@
 // layernorm.cl: layer normalisation over the last axis (eps 1e-5); shapes in femto/ops/layernorm.py.
 // Row kernels run one work-group per row (local size a power of two <= 256, set by the launcher);
 // there is no early return because every work-item must reach the barriers.
+// inv_c is 1/C rounded once on the host: OpenCL's single-precision `/` may be off by 2.5 ulp (NVIDIA's
+// is), so x / 1 need not be x, and at C = 1 the centred terms and dnorm - mean(dnorm) must cancel to 0.
 
 #include "reduce.h"
 
 __kernel void layernorm_forward(__global float* out, __global float* mean, __global float* rstd,
                                 __global const float* inp, __global const float* weight,
-                                __global const float* bias, int N, int C) {
+                                __global const float* bias, int N, int C, float inv_c) {
     __local float buf[LOCAL_MAX];
     const int n = get_group_id(0), lid = get_local_id(0), L = get_local_size(0);
     __global const float* x = inp + n * C;
     float acc = 0.0f;
     for (int c = lid; c < C; c += L) acc += x[c];
-    const float m = block_sum(acc, buf) / (float)C;
+    const float m = block_sum(acc, buf) * inv_c;
     // two-pass variance: E[(x-m)^2] does not cancel catastrophically like E[x^2]-m^2
     acc = 0.0f;
     for (int c = lid; c < C; c += L) {
         const float d = x[c] - m;
         acc += d * d;
     }
-    const float s = 1.0f / sqrt(block_sum(acc, buf) / (float)C + 1e-5f);
+    const float s = rsqrt(block_sum(acc, buf) * inv_c + 1e-5f);
     __global float* y = out + n * C;
     for (int c = lid; c < C; c += L) y[c] = (x[c] - m) * s * weight[c] + (bias ? bias[c] : 0.0f);
     if (lid == 0) {
@@ -31,7 +33,7 @@ __kernel void layernorm_forward(__global float* out, __global float* mean, __glo
 __kernel void layernorm_backward_dinp(__global float* dinp, __global const float* dout,
                                       __global const float* inp, __global const float* weight,
                                       __global const float* mean, __global const float* rstd, int N,
-                                      int C) {
+                                      int C, float inv_c) {
     __local float buf[LOCAL_MAX];
     const int n = get_group_id(0), lid = get_local_id(0), L = get_local_size(0);
     __global const float* x = inp + n * C;
@@ -43,8 +45,8 @@ __kernel void layernorm_backward_dinp(__global float* dinp, __global const float
         dnorm_sum += dnorm;
         dnorm_norm_sum += dnorm * (x[c] - m) * s;
     }
-    const float dnorm_mean = block_sum(dnorm_sum, buf) / (float)C;
-    const float dnorm_norm_mean = block_sum(dnorm_norm_sum, buf) / (float)C;
+    const float dnorm_mean = block_sum(dnorm_sum, buf) * inv_c;
+    const float dnorm_norm_mean = block_sum(dnorm_norm_sum, buf) * inv_c;
     __global float* dx = dinp + n * C;
     for (int c = lid; c < C; c += L) {
         const float norm = (x[c] - m) * s;
@@ -53,19 +55,27 @@ __kernel void layernorm_backward_dinp(__global float* dinp, __global const float
     }
 }
 
-// parameter gradients sum over rows: work-item c owns column c of dweight and dbias
-__kernel void layernorm_backward_dparams(__global float* dweight, __global float* dbias,
-                                         __global const float* dout, __global const float* inp,
-                                         __global const float* mean, __global const float* rstd,
-                                         int N, int C) {
-    const int c = get_global_id(0);
+// first pass of the parameter gradients, split over rows: work-item (c, s) sums column c over the R
+// rows of split s, dweight's terms into partial[s * C + c] and dbias's into partial[(S + s) * C + c]
+__kernel void layernorm_backward_dparams(__global float* partial, __global const float* dout,
+                                         __global const float* inp, __global const float* mean,
+                                         __global const float* rstd, int N, int C, int R) {
+    const int c = get_global_id(0), s = get_global_id(1), S = get_global_size(1);
     if (c >= C) return;
+    const int end = min(N, (s + 1) * R);
     float dw = 0.0f, db = 0.0f;
-    for (int n = 0; n < N; n++) {
+    for (int n = s * R; n < end; n++) {
         const float g = dout[n * C + c];
         dw += (inp[n * C + c] - mean[n]) * rstd[n] * g;
         db += g;
     }
-    if (dweight) dweight[c] += dw;
-    if (dbias) dbias[c] += db;
+    partial[s * C + c] = dw;
+    partial[(S + s) * C + c] = db;
+}
+
+// second pass: dweight and dbias (either may be NULL) += their S partials
+__kernel void layernorm_backward_dparams_sum(__global float* dweight, __global float* dbias,
+                                             __global const float* partial, int C, int S) {
+    if (dweight) add_partials(dweight, partial, C, S);
+    if (dbias) add_partials(dbias, partial + S * C, C, S);
 }

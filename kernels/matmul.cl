@@ -2,9 +2,22 @@
 // Every pass is one tiled product through local memory, so dinp, dweight and out each have one owner
 // per element (no float atomics in OpenCL 1.2). Launch geometry: femto/backend/opencl.py.
 
+#include "reduce.h"
+
+// The tile shape comes from -D build options (femto/backend/opencl.py's matmul tuner picks it per
+// device and shape class); these defaults are the fallback.
+#ifndef TILE
 #define TILE 64            // side of a work-group's square output tile
-#define TK 16              // K step: local memory holds A (TILE x TK) and B (TK x TILE), 8 KiB
+#endif
+#ifndef TK
+#define TK 16              // K step: local memory holds A (TILE x TK) and B (TK x TILE)
+#endif
+#ifndef WPT
 #define WPT 8              // each work-item keeps WPT x WPT outputs in registers, strided by RTS
+#endif
+#if TILE % WPT != 0 || TK < 1
+#error "TILE must be a multiple of WPT and TK at least 1"
+#endif
 #define RTS (TILE / WPT)   // local size is (RTS, RTS)
 
 // out[i * N + j] = (accumulate ? out[i * N + j] : bias[j] or 0) + sum_k A(i, k) * B(k, j)
@@ -70,25 +83,26 @@ __kernel void matmul_backward_dinp(__global float* dinp, __global const float* d
     gemm_tile(dinp, dout, weight, 0, N, C, OC, OC, 1, C, 1, accumulate, at, bt);
 }
 
-__kernel void matmul_backward_dweight(__global float* dweight, __global const float* dout,
-                                      __global const float* inp, int N, int C, int OC) {
+// split-K: work-group (x, y, s) computes its tile of dout[rows of s]^T @ inp[rows of s], R rows a split,
+// into dst + s * OC * C: with one split dst is dweight (accumulate 1), else the partials for
+// matmul_backward_sum (accumulate 0), so small weights still give every compute unit a tile
+__kernel void matmul_backward_dweight(__global float* dst, __global const float* dout,
+                                      __global const float* inp, int N, int C, int OC, int R,
+                                      int accumulate) {
     __local float at[TK * TILE], bt[TK * TILE];
-    // (OC, C) += dout^T (OC, N) @ inp (N, C)
-    gemm_tile(dweight, dout, inp, 0, OC, C, N, 1, OC, C, 1, 1, at, bt);
+    const int s = get_group_id(2), n0 = s * R;
+    // (OC, C) (+)= dout^T (OC, rows) @ inp (rows, C)
+    gemm_tile(dst + s * OC * C, dout + n0 * OC, inp + n0 * C, 0, OC, C, min(R, N - n0), 1, OC, C,
+              1, accumulate, at, bt);
 }
 
-// one work-group per output channel o, summing column o of dout (N, OC) with a tree reduction
-__kernel void matmul_backward_dbias(__global float* dbias, __global const float* dout, int N, int C,
-                                    int OC) {
-    __local float buf[256];
-    const int o = get_group_id(0), lid = get_local_id(0), L = get_local_size(0);
-    float acc = 0.0f;
-    for (int n = lid; n < N; n += L) acc += dout[n * OC + o];
-    buf[lid] = acc;
-    barrier(CLK_LOCAL_MEM_FENCE);
-    for (int s = L / 2; s > 0; s >>= 1) {
-        if (lid < s) buf[lid] += buf[lid + s];
-        barrier(CLK_LOCAL_MEM_FENCE);
-    }
-    if (lid == 0) dbias[o] += buf[0];
+// first pass of dbias: partial[s * OC + o] = column o of dout (N, OC) summed over the rows of split s
+__kernel void matmul_backward_dbias(__global float* partial, __global const float* dout, int N,
+                                    int OC, int R) {
+    column_partials(partial, dout, N, OC, R);
+}
+
+// second pass of dweight and dbias: dst (M) += the S partials
+__kernel void matmul_backward_sum(__global float* dst, __global const float* partial, int M, int S) {
+    add_partials(dst, partial, M, S);
 }

@@ -34,4 +34,28 @@ static float block_max(float x, __local float* buf) {
     return best;
 }
 
+// The two passes of a split reduction over tokens (femto/backend/opencl.py's _splits picks the count
+// S from the shapes alone): the first pass writes S partial sums side by side, partial[s * M + i]; the
+// second adds them to dst[i] in the order s = 0, 1, ..., so a result never depends on scheduling.
+
+// partial[s * M + m] = the sum of src[n * M + m] over the R rows n of chunk s (the last may be short)
+static void column_partials(__global float* partial, __global const float* src, int N, int M,
+                            int R) {
+    const int m = get_global_id(0), s = get_global_id(1);
+    if (m >= M) return;
+    const int end = min(N, (s + 1) * R);
+    float acc = 0.0f;
+    for (int n = s * R; n < end; n++) acc += src[n * M + m];
+    partial[s * M + m] = acc;
+}
+
+// dst[i] += partial[0 * M + i] + partial[1 * M + i] + ... + partial[(S - 1) * M + i]
+static void add_partials(__global float* dst, __global const float* partial, int M, int S) {
+    const int i = get_global_id(0);
+    if (i >= M) return;
+    float acc = 0.0f;
+    for (int s = 0; s < S; s++) acc += partial[s * M + i];
+    dst[i] += acc;
+}
+
 #endif

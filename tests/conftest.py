@@ -31,8 +31,11 @@ _backends: dict[str, object] = {}
 
 def _make_backend(name: str):
     if name not in _backends:
+        # FEMTO_TEST_OPENCL_DEVICE=opencl:P:D runs the opencl tests on that device instead of the
+        # default one (the Oclgrind run of the op tests uses it)
+        spec = os.environ.get("FEMTO_TEST_OPENCL_DEVICE") if name == "opencl" else None
         try:
-            _backends[name] = get_backend(name)
+            _backends[name] = get_backend(spec or name)
         except BackendUnavailable as exc:
             _backends[name] = exc
     return _backends[name]

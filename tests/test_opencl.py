@@ -47,12 +47,48 @@ def test_list_devices_reports_memory_and_compute_units(cl_backend):
     assert (devices[0]["platform"], devices[0]["device"]) == (0, 0)
 
 
-def test_default_device_is_first_gpu_else_first_device(cl_backend):
-    devices = opencl.list_devices()
-    gpus = [d for d in devices if "GPU" in d["type"]]
-    want = (gpus or devices)[0]
+def test_default_device_is_the_preferred_type(cl_backend):
+    want = opencl.default_device(opencl.list_devices())
     assert cl_backend.device.name.strip() == want["name"]
     assert want["name"] in cl_backend.device_name
+
+
+def _row(p, d, kind):
+    return {"platform": p, "device": d, "type": kind, "name": f"{kind} {p}:{d}"}
+
+
+@pytest.mark.parametrize(
+    "kinds, want",
+    [
+        (["SIM", "CPU", "GPU"], 2),  # a GPU wherever it is listed
+        (["SIM", "CPU"], 1),  # a real CPU driver (PoCL) before the Oclgrind simulator
+        (["CPU", "SIM"], 0),
+        (["OTHER", "CPU", "CPU"], 1),  # the first of the best type
+        (["SIM", "ACCEL"], 1),
+        (["SIM"], 0),  # a simulator alone is still a device
+    ],
+)
+def test_default_device_prefers_gpu_then_cpu_driver_then_simulator(kinds, want):
+    rows = [_row(p, 0, kind) for p, kind in enumerate(kinds)]
+    assert opencl.default_device(rows) is rows[want]
+    assert opencl.default_device([]) is None
+
+
+class _FakeDevice:
+    def __init__(self, platform_name, type_bits):
+        self.platform = type("P", (), {"name": platform_name})()
+        self.type = type_bits
+
+
+def test_oclgrind_is_a_simulator_not_a_gpu():
+    cl = pytest.importorskip("pyopencl")
+    t = cl.device_type
+    # Oclgrind reports every type bit (GPU | CPU | ACCELERATOR | DEFAULT); PoCL reports ALL | CPU
+    assert opencl._device_type(cl, _FakeDevice("Oclgrind", t.ALL)) == "SIM"
+    assert opencl._device_type(cl, _FakeDevice("Oclgrind", t.CPU)) == "SIM"
+    pocl = _FakeDevice("Portable Computing Language", t.CPU | t.DEFAULT)
+    assert opencl._device_type(cl, pocl) == "CPU"
+    assert opencl._device_type(cl, _FakeDevice("NVIDIA CUDA", t.GPU)) == "GPU"
 
 
 def test_exact_device_spec_picks_that_device(cl_backend):
@@ -102,7 +138,7 @@ def test_broken_kernel_file_reports_file_and_build_log(cl_backend, tmp_path):
         shutil.copy(path, tmp_path)
     broken = tmp_path / "gelu.cl"
     broken.write_text(broken.read_text().replace("exp(", "no_such_function_xyz(", 1))
-    backend = opencl.OpenCLBackend(device="0:0", kernels_dir=tmp_path)
+    backend = opencl.OpenCLBackend(device=_spec_of(cl_backend), kernels_dir=tmp_path)
     out, inp = backend.zeros(4), backend.zeros(4)
     with pytest.raises(KernelBuildError) as info:
         backend.run("gelu_forward", out, inp, N=4)
@@ -113,7 +149,7 @@ def test_broken_kernel_file_reports_file_and_build_log(cl_backend, tmp_path):
 
 
 def test_missing_kernel_file_is_a_build_error(cl_backend, tmp_path):
-    backend = opencl.OpenCLBackend(device="0:0", kernels_dir=tmp_path)
+    backend = opencl.OpenCLBackend(device=_spec_of(cl_backend), kernels_dir=tmp_path)
     with pytest.raises(KernelBuildError, match="matmul.cl"):
         backend.run("matmul_forward", backend.zeros(1), backend.zeros(1), backend.zeros(1), None,
                     N=1, C=1, OC=1)  # fmt: skip
@@ -479,3 +515,113 @@ def test_a_training_step_moves_only_the_ids_in_and_the_loss_out(cl_backend, monk
     int32 = np.dtype(np.int32)
     assert sorted(uploads) == sorted([(int32, (3, 8))] * 2 + [(int32, (sites,))])
     assert len(downloads) == 1  # the loss
+
+
+# ---- profiling ----
+
+
+def test_profiling_counts_launches_and_replays(cl_backend):
+    backend = get_backend(f"opencl:{_spec_of(cl_backend)}", profile=True)
+    x = backend.from_numpy(np.ones(100, np.float32))
+    out = backend.empty(100)
+    backend.start_profile()
+    backend.run("gelu_forward", out, x, N=100)
+    with backend.capture() as plan:
+        backend.run("gelu_forward", out, x, N=100)
+    backend.replay(plan)
+    backend.replay(plan)
+    totals = backend.stop_profile()
+    assert set(totals) == {"gelu_forward"}
+    launches, ms = totals["gelu_forward"]
+    assert launches == 4 and ms >= 0.0
+    assert backend.stop_profile() == {}  # nothing is kept after a stop
+    with pytest.raises(RuntimeError, match="profile=True"):
+        cl_backend.start_profile()
+
+
+def _spec_of(backend) -> str:
+    for d in opencl.list_devices():
+        if d["name"] == backend.device.name.strip():
+            return f"{d['platform']}:{d['device']}"
+    raise AssertionError("the backend's device is not listed")
+
+
+# ---- the matmul tuner ----
+
+SMALL = {"small": (70, 45, 33)}  # one quick shape class
+
+
+@pytest.fixture
+def tune_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEMTO_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache" / opencl.TUNE_CACHE_FILE
+
+
+def test_tuner_rejects_a_candidate_that_fails_to_build(cl_backend, tune_cache):
+    backend = get_backend(f"opencl:{_spec_of(cl_backend)}", tune=False)
+    results = opencl.tune_matmul(backend, [(64, 16, 7), (32, 16, 4)], SMALL, repeats=1)
+    assert results["small"]["params"] == [32, 16, 4]
+    assert "failed" in results["small"]["rejected"]["64x16x7"]  # TILE not a multiple of WPT
+    assert backend.matmul_params["small"] == (32, 16, 4)
+
+
+def test_tuner_rejects_a_candidate_with_a_wrong_result(cl_backend, tune_cache, tmp_path):
+    kernels = tmp_path / "kernels"
+    shutil.copytree(cl_backend.kernels_dir, kernels)
+    source = (kernels / "matmul.cl").read_text()
+    wrong = "out[i * N + j] = base + acc[wi][wj] + (TK == 8 ? 1.0f : 0.0f);"
+    (kernels / "matmul.cl").write_text(source.replace("out[i * N + j] = base + acc[wi][wj];", wrong))
+    backend = opencl.OpenCLBackend(device=_spec_of(cl_backend), kernels_dir=kernels, tune=False)
+    results = opencl.tune_matmul(backend, [(64, 8, 8), (32, 16, 4)], SMALL, repeats=1)
+    assert results["small"]["params"] == [32, 16, 4]
+    assert "wrong result" in results["small"]["rejected"]["64x8x8"]
+
+
+def test_tuner_choice_is_cached_by_device_and_reused(cl_backend, tune_cache):
+    spec = _spec_of(cl_backend)
+    first = opencl.tune_matmul(get_backend(f"opencl:{spec}", tune=False), [(32, 8, 4)], SMALL, 1)
+    assert first["small"]["cached"] is False and tune_cache.exists()
+    stored = json.loads(tune_cache.read_text())
+    assert list(stored) == [opencl.device_key(cl_backend.device)]
+    backend = get_backend(f"opencl:{spec}", tune=False)
+    assert backend.matmul_params == {"small": (32, 8, 4)}  # read back when a backend starts
+    again = opencl.tune_matmul(backend, [(64, 16, 8)], SMALL, 1)
+    assert again["small"]["cached"] is True and again["small"]["params"] == [32, 8, 4]
+    forced = opencl.tune_matmul(backend, [(64, 16, 8)], SMALL, 1, force=True)
+    assert forced["small"]["cached"] is False and forced["small"]["params"] == [64, 16, 8]
+    tune_cache.write_text("{not json")  # a damaged cache means tuning afresh, never an error
+    assert get_backend(f"opencl:{spec}", tune=False).matmul_params == {}
+
+
+@pytest.mark.parametrize("params", [(32, 8, 4), (128, 16, 8), (16, 4, 2), (64, 32, 8)])
+def test_every_tile_shape_matches_numpy(cl_backend, cpu, rng, params, tune_cache):
+    backend = get_backend(f"opencl:{_spec_of(cl_backend)}", tune=False)
+    backend.matmul_params = {"small": params, "large": params}
+    for N, C, OC in ((1, 1, 1), (70, 45, 33), (300, 70, 130), (4099, 17, 9)):
+        x, w = rng.standard_normal((N, C)), rng.standard_normal((OC, C))
+        b, dout = rng.standard_normal(OC), rng.standard_normal((N, OC))
+        results = []
+        for be in (backend, cpu):
+            up = lambda a: be.from_numpy(np.ascontiguousarray(a, np.float32).reshape(-1))  # noqa: E731
+            out, dx = be.empty(N * OC), be.empty(N * C)
+            dw, db = be.zeros(OC * C), be.zeros(OC)
+            be.run("matmul_forward", out, up(x), up(w), up(b), N=N, C=C, OC=OC)
+            be.run("matmul_backward", dx, dw, db, up(dout), up(x), up(w), N=N, C=C, OC=OC,
+                   accumulate_dinp=0)  # fmt: skip
+            results.append([be.to_numpy(t) for t in (out, dx, dw, db)])
+        for name, got, want in zip(("out", "dinp", "dweight", "dbias"), *results):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=f"{params} {name}")
+
+
+def test_tuning_on_first_use_and_femto_devices_tune(cl_backend, tune_cache):
+    from click.testing import CliRunner
+
+    from femto.cli import main
+
+    backend = get_backend(f"opencl:{_spec_of(cl_backend)}", tune=True)  # a GPU's default
+    assert set(backend.matmul_params) == {"small", "large"} and tune_cache.exists()
+    result = CliRunner().invoke(main, ["devices", "--tune", "--device", f"opencl:{_spec_of(cl_backend)}"])
+    assert result.exit_code == 0, result.output
+    assert "TILE x TK x WPT" in result.output and "cached" in result.output
+    bad = CliRunner().invoke(main, ["devices", "--tune", "--device", "cpu"])
+    assert bad.exit_code != 0 and "needs an OpenCL device" in bad.output

@@ -2,14 +2,17 @@
 
 Same protocol as the CPU backend, so ops, graph and model never know which one runs. `LAUNCHES` maps
 each C kernel name (csrc/femto.h) to the CL kernel(s) it enqueues and their geometry. No silent device
-choice: "opencl" is the first GPU, else the first device (logged); "opencl:P:D" is exactly that one.
+choice: "opencl" is the first GPU, else the first CPU driver, a simulator (Oclgrind) last (logged);
+"opencl:P:D" is exactly that one.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pathlib
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -27,13 +30,21 @@ INSTALL_HINT = (
 
 # Work-group size of the reductions; the .cl files declare their __local scratch with the same bound.
 REDUCE_LOCAL = 256
-# Side of the square output tile each matmul work-group computes (TILE in kernels/matmul.cl).
-MATMUL_TILE = 64
-MATMUL_LOCAL = (8, 8)  # each work-item computes an 8x8 block of the 64x64 tile
+# matmul tile shapes (TILE, TK, WPT) of kernels/matmul.cl: a work-group computes a TILE x TILE output
+# tile stepping TK along K, each work-item a WPT x WPT block. The default is what runs untuned.
+MATMUL_DEFAULT = (64, 16, 8)
 # Work-group size of one-work-item-per-element kernels.
 ELEMENTWISE_LOCAL = 64
 # Column groups of embedding_backward: work-item (c, g) owns dweight[v, c] for every v with v % G == g.
 EMBEDDING_GROUPS = 16
+# Reductions over tokens split the rows into chunks of at least SPLIT_MIN_ROWS so that a launch has
+# about SPLIT_TARGET_ITEMS work-items (or SPLIT_TARGET_TILES matmul tiles) however few outputs it has:
+# enough for every compute unit of a large GPU. The count depends on the shapes only, never on the
+# device, so a run sums in the same order everywhere; partial sums never exceed SPLIT_MAX_SCRATCH.
+SPLIT_MIN_ROWS = 64
+SPLIT_TARGET_ITEMS = 32768
+SPLIT_TARGET_TILES = 256
+SPLIT_MAX_SCRATCH = 1 << 24
 # Work-groups of the first sum_squares pass (a fixed number, so the sum order never changes).
 SUM_SQUARES_GROUPS = 64
 # Kernel sizes are int arguments: tensors past 2**31 - 1 elements would overflow their index math.
@@ -68,12 +79,31 @@ def _devices(cl: Any, platform: Any) -> list[Any]:
 
 
 def _device_type(cl: Any, device: Any) -> str:
+    """GPU, ACCEL, CPU, SIM (a simulator such as Oclgrind) or OTHER."""
+    platform = device.platform.name.strip().lower()
+    # Oclgrind claims every type bit at once (GPU | CPU | ACCELERATOR): it runs kernels in an
+    # interpreter 100x slower than a CPU driver, so it must never pass for a GPU
+    every_kind = device.type & cl.device_type.GPU and device.type & cl.device_type.CPU
+    if "oclgrind" in platform or every_kind:
+        return "SIM"
     # PoCL reports its CPU device as ALL | CPU, so test the bits rather than print the flag set
     for bit, label in ((cl.device_type.GPU, "GPU"), (cl.device_type.ACCELERATOR, "ACCEL"),
                        (cl.device_type.CPU, "CPU")):  # fmt: skip
         if device.type & bit:
             return label
     return "OTHER"
+
+
+# What plain --device opencl prefers: a GPU, then an accelerator, then a real CPU driver (PoCL,
+# Intel's), then anything else, and a simulator last; ties go to the first in `femto devices` order.
+TYPE_PREFERENCE = ("GPU", "ACCEL", "CPU", "OTHER", "SIM")
+
+
+def default_device(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The row of list_devices() that plain --device opencl picks (None when there is none)."""
+    if not rows:
+        return None
+    return min(rows, key=lambda r: (TYPE_PREFERENCE.index(r["type"]), r["platform"], r["device"]))
 
 
 def list_devices() -> list[dict[str, Any]]:
@@ -110,7 +140,7 @@ def _parse_device_spec(spec: str) -> tuple[int, int]:
 
 
 def choose_device(spec: str | None = None) -> Any:
-    """The pyopencl device for 'P:D', or, with no spec, the first GPU, else the first device."""
+    """The pyopencl device for 'P:D', or, with no spec, default_device's choice."""
     cl = _import_pyopencl()
     platforms = _platforms(cl)
     if spec is not None:
@@ -127,15 +157,21 @@ def choose_device(spec: str | None = None) -> Any:
                 f"{len(devices)} device(s), see `femto devices`"
             )
         return devices[d]
-    everything = [
-        (p, d, dev) for p, pf in enumerate(platforms) for d, dev in enumerate(_devices(cl, pf))
-    ]
+    everything = {
+        (p, d): dev for p, pf in enumerate(platforms) for d, dev in enumerate(_devices(cl, pf))
+    }
     if not everything:
         raise BackendUnavailable(f"OpenCL platforms exist but none has a device: {INSTALL_HINT}")
-    gpus = [entry for entry in everything if _device_type(cl, entry[2]) == "GPU"]
-    p, d, device = (gpus or everything)[0]
-    kind = "GPU" if gpus else "no GPU found, first device"
-    log.info("opencl: using %s (opencl:%d:%d, %s)", device.name.strip(), p, d, kind)
+    rows = [
+        {"platform": p, "device": d, "type": _device_type(cl, dev)}
+        for (p, d), dev in everything.items()
+    ]
+    best = default_device(rows)
+    device = everything[best["platform"], best["device"]]
+    log.info(
+        "opencl: using %s (opencl:%d:%d, %s)",
+        device.name.strip(), best["platform"], best["device"], best["type"],
+    )  # fmt: skip
     return device
 
 
@@ -169,8 +205,9 @@ class CLBuffer:
         return f"CLBuffer(size={self.size}, dtype={self.dtype})"
 
 
-# One enqueue: (CL kernel name, global size, local size or None, arguments in CL order).
-Launch = tuple[str, tuple[int, ...], "tuple[int, ...] | None", list]
+# One enqueue: (CL kernel name, global size, local size or None, arguments in CL order), optionally
+# followed by a tuple of extra build options (the matmul tile shape).
+Launch = tuple  # (str, tuple[int, ...], tuple[int, ...] | None, list[, tuple[str, ...]])
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -195,19 +232,34 @@ class OpenCLBackend(Capturing):
         device: str | None = None,
         kernels_dir: str | os.PathLike | None = None,
         build_options: Sequence[str] = (),
+        profile: bool = False,
+        tune: bool | None = None,
     ):
         cl = _import_pyopencl()
         self._cl = cl
         self.device = choose_device(device)
         self.device_name = f"{self.device.name.strip()} ({self.device.platform.name.strip()})"
         self.context = cl.Context([self.device])
-        self.queue = cl.CommandQueue(self.context)
+        # profile=True: every kernel launch keeps its event (start_profile/stop_profile), replays too
+        self.profile = profile
+        properties = cl.command_queue_properties.PROFILING_ENABLE if profile else 0
+        self.queue = cl.CommandQueue(self.context, properties=properties)
+        self._events: list[tuple[str, Any]] | None = None
         self.kernels_dir = pathlib.Path(kernels_dir) if kernels_dir else find_kernels_dir()
         self.build_options = tuple(build_options)
         self._kernels: dict[str, Any] = {}
         # (path, options) -> built program; the backend owns its context, so this is per context
         self._programs: dict[tuple[str, str], Any] = {}
         self._scratch: dict[str, CLBuffer] = {}
+        # matmul tile shape per shape class: the tuner's cached choice for this device, else default
+        self.matmul_params: dict[str, tuple[int, int, int]] = {}
+        self.matmul_params.update(cached_matmul_params(self.device))
+        # tune=None tunes a GPU on its first use (kept in the cache directory), never a CPU driver,
+        # where the default is what the tests cover and `femto devices --tune` is the way to tune
+        if tune is None:
+            tune = _device_type(cl, self.device) == "GPU" and not self.matmul_params
+        if tune:
+            tune_matmul(self)
         # a sub-buffer's origin must be aligned to mem_base_addr_align, which OpenCL gives in bits
         self.view_alignment = max(1, int(self.device.mem_base_addr_align) // 32)
         # reductions halve the local size each step, so it must be a power of two
@@ -291,15 +343,46 @@ class OpenCLBackend(Capturing):
     def synchronize(self) -> None:
         self.queue.finish()
 
+    # ---- profiling (a backend made with profile=True) ----
+
+    def start_profile(self) -> None:
+        """Keep the event of every kernel launched from now on, until stop_profile()."""
+        if not self.profile:
+            raise RuntimeError("start_profile needs an OpenCLBackend made with profile=True")
+        self._events = []
+
+    def stop_profile(self) -> dict[str, tuple[int, float]]:
+        """{CL kernel name: (launches, device milliseconds)} of the launches since start_profile(),
+        from the events' start and end times (waits for the queue)."""
+        self.queue.finish()
+        events, self._events = self._events or [], None
+        totals: dict[str, tuple[int, float]] = {}
+        for cl_name, event in events:
+            launches, ms = totals.get(cl_name, (0, 0.0))
+            totals[cl_name] = (launches + 1, ms + (event.profile.end - event.profile.start) * 1e-6)
+        return totals
+
+    def _profiled(self, cl_name: str, kernel: Any) -> Callable[..., Any]:
+        """A launcher for a capture that also keeps the replay's event while profiling."""
+
+        def launch(*args: Any) -> None:
+            event = kernel(*args)
+            if self._events is not None:
+                self._events.append((cl_name, event))
+
+        return launch
+
     # ---- kernels ----
 
     def kernel_names(self) -> set[str]:
         return set(LAUNCHES)
 
-    def _program(self, stem: str) -> Any:
+    def _program(self, stem: str, extra: tuple[str, ...] = ()) -> Any:
         path = self.kernels_dir / f"{stem}.cl"
         # -I lets kernel files include the shared reduce.h; pyopencl's binary cache follows includes
-        options = " ".join(("-cl-std=CL1.2", f'-I "{self.kernels_dir}"', *self.build_options))
+        options = " ".join(
+            ("-cl-std=CL1.2", f'-I "{self.kernels_dir}"', *self.build_options, *extra)
+        )
         key = (str(path), options)
         program = self._programs.get(key)
         if program is None:
@@ -320,13 +403,17 @@ class OpenCLBackend(Capturing):
             self._programs[key] = program
         return program
 
-    def _kernel(self, cl_name: str) -> Any:
-        kernel = self._kernels.get(cl_name)
+    def _kernel(self, cl_name: str, extra: tuple[str, ...] = ()) -> Any:
+        kernel = self._kernels.get((cl_name, extra))
         if kernel is None:
-            program = self._program(STEMS[cl_name])
+            program = self._program(STEMS[cl_name], extra)
             kernel = self._cl.Kernel(program, cl_name)
-            self._kernels[cl_name] = kernel
+            self._kernels[(cl_name, extra)] = kernel
         return kernel
+
+    def matmul_tiles(self, M: int, N: int) -> tuple[int, int, int]:
+        """(TILE, TK, WPT) for an M x N output: the tuned choice of its shape class, else the default."""
+        return self.matmul_params.get(shape_class(M, N), MATMUL_DEFAULT)
 
     def build_all(self) -> None:
         """Compile every kernel file now (otherwise each is built on first use)."""
@@ -343,13 +430,16 @@ class OpenCLBackend(Capturing):
                 raise TypeError(
                     f"{name}: got {type(buf).__name__}, expected a buffer of this backend"
                 )
-        for cl_name, global_size, local_size, args in plan(self, bufs, scalars):
+        for cl_name, global_size, local_size, args, *extra in plan(self, bufs, scalars):
             if 0 in global_size:
                 continue
             cl_args = [arg.buf if isinstance(arg, CLBuffer) else arg for arg in args]
-            kernel = self._kernel(cl_name)
-            kernel(self.queue, global_size, local_size, *cl_args)
-            self._record(kernel, self.queue, global_size, local_size, *cl_args)
+            kernel = self._kernel(cl_name, extra[0] if extra else ())
+            event = kernel(self.queue, global_size, local_size, *cl_args)
+            if self._events is not None:
+                self._events.append((cl_name, event))
+            launcher = self._profiled(cl_name, kernel) if self.profile else kernel
+            self._record(launcher, self.queue, global_size, local_size, *cl_args)
 
 
 def _build_log(program: Any, device: Any, exc: Exception) -> str:
@@ -360,6 +450,166 @@ def _build_log(program: Any, device: Any, exc: Exception) -> str:
     except Exception:  # noqa: BLE001 - any failure here must not hide the original build error
         log_text = ""
     return (log_text or str(exc)).strip()
+
+
+# ---- the matmul tuner: tile shapes timed per device, driver and shape class, cached on disk ----
+
+# Outputs up to this many elements are "small" (A-D's layers at a few thousand tokens), above "large".
+SMALL_OUTPUT = 1 << 19
+# The shape (M output rows, N output columns, K) each class is timed at, on a GPU and elsewhere.
+TUNE_SHAPES = {
+    "GPU": {"small": (2048, 256, 64), "large": (8192, 2048, 512)},
+    "other": {"small": (512, 128, 64), "large": (1024, 768, 256)},
+}
+# Candidates (TILE, TK, WPT): the default first, so a tie keeps it.
+GPU_CANDIDATES = [
+    MATMUL_DEFAULT, (32, 16, 4), (32, 8, 4), (32, 16, 2), (64, 8, 8), (64, 32, 8), (64, 16, 4),
+    (128, 16, 8), (128, 8, 8), (64, 8, 4), (32, 32, 4),
+]
+CPU_CANDIDATES = [MATMUL_DEFAULT, (32, 16, 4), (64, 8, 8)]  # few: tuning a CPU driver stays cheap
+TUNE_CACHE_FILE = "opencl-matmul-tiles.json"
+
+
+def shape_class(M: int, N: int) -> str:
+    return "small" if M * N <= SMALL_OUTPUT else "large"
+
+
+def cache_dir() -> pathlib.Path:
+    return pathlib.Path(os.environ.get("FEMTO_CACHE_DIR") or pathlib.Path.home() / ".cache" / "femto")
+
+
+def device_key(device: Any) -> str:
+    """What a tuned choice is valid for: the device, its platform and the driver's version."""
+    return " | ".join(
+        (device.name.strip(), device.platform.name.strip(), device.driver_version.strip())
+    )
+
+
+def _read_tune_cache(path: pathlib.Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):  # none yet, or unreadable: tune afresh rather than fail
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def cached_matmul_params(device: Any) -> dict[str, tuple[int, int, int]]:
+    """The tuner's choices for this device from the cache directory ({} when never tuned)."""
+    entry = _read_tune_cache(cache_dir() / TUNE_CACHE_FILE).get(device_key(device), {})
+    chosen = {}
+    for klass, row in entry.items():
+        params = row.get("params") if isinstance(row, dict) else None
+        if isinstance(params, list) and len(params) == 3 and all(isinstance(p, int) for p in params):
+            chosen[klass] = (params[0], params[1], params[2])
+    return chosen
+
+
+def _fits(be: OpenCLBackend, params: tuple[int, int, int]) -> bool:
+    tile, tk, wpt = params
+    if wpt < 1 or tile % wpt:
+        return True  # let the build reject it (kernels/matmul.cl's #error), as a real failure
+    rts = tile // wpt
+    local_bytes = 2 * tile * tk * 4
+    return rts * rts <= int(be.device.max_work_group_size) and local_bytes <= int(
+        be.device.local_mem_size
+    )
+
+
+def tune_matmul(
+    be: OpenCLBackend,
+    candidates: Sequence[tuple[int, int, int]] | None = None,
+    shapes: dict[str, tuple[int, int, int]] | None = None,
+    repeats: int = 3,
+    force: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """Time matmul_forward for each candidate tile shape at each shape class's shape, keep the
+    fastest that builds and matches numpy, store the choice in the cache directory and use it.
+
+    Returns {class: {"params", "ms", "cached", "rejected": {candidate: reason}}}. A cached choice
+    for this device and driver is reused unless force."""
+    is_gpu = _device_type(be._cl, be.device) == "GPU"
+    candidates = list(candidates or (GPU_CANDIDATES if is_gpu else CPU_CANDIDATES))
+    shapes = shapes or TUNE_SHAPES["GPU" if is_gpu else "other"]
+    path = cache_dir() / TUNE_CACHE_FILE
+    key = device_key(be.device)
+    cached = _read_tune_cache(path).get(key, {})
+    results: dict[str, dict[str, Any]] = {}
+    rng = np.random.default_rng(0)
+    for klass, (M, N, K) in shapes.items():
+        if not force and klass in cached and klass in cached_matmul_params(be.device):
+            results[klass] = {**cached[klass], "cached": True}
+            be.matmul_params[klass] = tuple(cached[klass]["params"])
+            continue
+        x = rng.standard_normal((M, K)).astype(np.float32)
+        w = rng.standard_normal((N, K)).astype(np.float32)
+        dout = rng.standard_normal((M, N)).astype(np.float32)
+        x64, w64, dout64 = x.astype(np.float64), w.astype(np.float64), dout.astype(np.float64)
+        wants = (x64 @ w64.T, dout64 @ w64, dout64.T @ x64)  # out, dinp, dweight
+        bufs = [be.from_numpy(x), be.from_numpy(w)]
+        dout_buf = be.from_numpy(dout)
+        out, dinp, dweight = be.empty(M * N), be.empty(M * K), be.empty(N * K)
+        best: tuple[float, tuple[int, int, int]] | None = None
+        rejected: dict[str, str] = {}
+        tuned = dict(be.matmul_params)
+        for params in candidates:
+            name = "x".join(map(str, params))
+            if not _fits(be, params):
+                rejected[name] = "exceeds the device's work-group or local memory size"
+                continue
+            # every product of the check runs with the candidate, whatever class its shape is
+            be.matmul_params = {"small": params, "large": params}
+            try:
+                be.run("matmul_forward", out, *bufs, None, N=M, C=K, OC=N)
+                be.zero_(dweight)
+                be.run("matmul_backward", dinp, dweight, None, dout_buf, bufs[0], bufs[1],
+                       N=M, C=K, OC=N, accumulate_dinp=0)  # fmt: skip
+                gots = [be.to_numpy(b) for b in (out, dinp, dweight)]
+            except (KernelBuildError, be._cl.Error) as exc:
+                rejected[name] = f"failed: {str(exc).splitlines()[0][:120]}"
+                continue
+            finally:
+                be.matmul_params = dict(tuned)
+            error = max(
+                np.max(np.abs(got - want.reshape(-1))) / max(np.max(np.abs(want)), 1e-30)
+                for got, want in zip(gots, wants)
+            )
+            if not np.isfinite(error) or error > 1e-4:
+                rejected[name] = f"wrong result (relative error {error:.2g})"
+                continue
+            be.matmul_params[klass] = params
+            times = []
+            for _ in range(repeats):
+                be.synchronize()
+                t0 = time.perf_counter()
+                be.run("matmul_forward", out, *bufs, None, N=M, C=K, OC=N)
+                be.synchronize()
+                times.append(time.perf_counter() - t0)
+            be.matmul_params = dict(tuned)
+            ms = min(times) * 1000
+            if best is None or ms < best[0]:
+                best = (ms, params)
+        if best is None:  # nothing usable: the default stays (it is what the tests cover)
+            be.matmul_params.pop(klass, None)
+            results[klass] = {"params": list(MATMUL_DEFAULT), "ms": None, "cached": False,
+                              "rejected": rejected, "shape": [M, N, K]}  # fmt: skip
+            continue
+        be.matmul_params[klass] = best[1]
+        results[klass] = {"params": list(best[1]), "ms": best[0], "cached": False,
+                          "rejected": rejected, "shape": [M, N, K]}  # fmt: skip
+    stored = _read_tune_cache(path)
+    stored[key] = {
+        k: {kk: vv for kk, vv in r.items() if kk != "cached"}
+        for k, r in results.items()
+        if r.get("ms") is not None
+    }
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(stored, indent=2) + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:  # a read-only cache costs a re-tune next time, not the run
+        log.warning("opencl: could not write the matmul tuning cache %s: %s", path, exc)
+    return results
 
 
 # ---- launch table: C kernel name -> the CL kernels it enqueues ----
@@ -381,18 +631,46 @@ def _rows(be: OpenCLBackend, rows: int, width: int) -> tuple[tuple[int, ...], tu
     return (rows * local,), (local,)
 
 
-def _tiles(rows: int, cols: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """matmul grid: dimension 0 walks output columns, dimension 1 rows, MATMUL_TILE per work-group."""
-    lx, ly = MATMUL_LOCAL
-    g0 = _round_up(cols, MATMUL_TILE) // MATMUL_TILE * lx
-    g1 = _round_up(rows, MATMUL_TILE) // MATMUL_TILE * ly
-    return (g0, g1), (lx, ly)
+def _tiles(be: OpenCLBackend, rows: int, cols: int):
+    """matmul grid for a rows x cols output: dimension 0 walks output columns, dimension 1 rows, a
+    TILE x TILE tile per work-group of (TILE / WPT)^2 work-items; and the build options of that shape."""
+    tile, tk, wpt = be.matmul_tiles(rows, cols)
+    rts = tile // wpt
+    g0 = _round_up(cols, tile) // tile * rts
+    g1 = _round_up(rows, tile) // tile * rts
+    return (g0, g1), (rts, rts), matmul_options((tile, tk, wpt))
+
+
+def matmul_options(params: tuple[int, int, int]) -> tuple[str, ...]:
+    if params == MATMUL_DEFAULT:
+        return ()  # the file's own defaults: one program shared with dbias and the sums
+    tile, tk, wpt = params
+    return (f"-DTILE={tile}", f"-DTK={tk}", f"-DWPT={wpt}")
+
+
+def _splits(rows: int, outputs: int, target: int, partial_size: int) -> tuple[int, int]:
+    """(S, R): split a reduction over `rows` into S chunks of R rows (the last may be shorter) so that
+    `outputs` * S reaches `target`, no chunk is under SPLIT_MIN_ROWS and S partial sums of
+    `partial_size` elements fit in SPLIT_MAX_SCRATCH."""
+    if rows < 1:  # nothing to sum: one split of nothing leaves the gradients as they are
+        return 1, 1
+    want = -(-target // max(outputs, 1))
+    most = max(1, min(-(-rows // SPLIT_MIN_ROWS), SPLIT_MAX_SCRATCH // max(partial_size, 1)))
+    S = max(1, min(want, most))
+    R = -(-rows // S)
+    return -(-rows // R), R  # R rounded up may leave fewer chunks
+
+
+def _split_sum(be, cl_name: str, dst: CLBuffer, partial: CLBuffer, M: int, S: int) -> Launch:
+    return (cl_name, *_elementwise(M), [dst, partial, i32(M), i32(S)])
 
 
 def _matmul_forward(be, bufs, s) -> list[Launch]:
     out, inp, weight, bias = bufs
     N, C, OC = s["N"], s["C"], s["OC"]
-    return [("matmul_forward", *_tiles(N, OC), [out, inp, weight, bias, i32(N), i32(C), i32(OC)])]
+    grid, local, options = _tiles(be, N, OC)
+    args = [out, inp, weight, bias, i32(N), i32(C), i32(OC)]
+    return [("matmul_forward", grid, local, args, options)]
 
 
 def _matmul_backward(be, bufs, s) -> list[Launch]:
@@ -402,11 +680,24 @@ def _matmul_backward(be, bufs, s) -> list[Launch]:
     plan = []
     if dinp is not None:  # (N, C) (+)= dout (N, OC) @ weight (OC, C)
         args = [dinp, dout, weight, *sizes, i32(s["accumulate_dinp"])]
-        plan.append(("matmul_backward_dinp", *_tiles(N, C), args))
-    if dweight is not None:  # (OC, C) += dout^T (OC, N) @ inp (N, C)
-        plan.append(("matmul_backward_dweight", *_tiles(OC, C), [dweight, dout, inp, *sizes]))
-    if dbias is not None:
-        plan.append(("matmul_backward_dbias", *_rows(be, OC, N), [dbias, dout, *sizes]))
+        grid, local, options = _tiles(be, N, C)
+        plan.append(("matmul_backward_dinp", grid, local, args, options))
+    if dweight is not None:  # (OC, C) += dout^T (OC, N) @ inp (N, C), split-K over N
+        (g0, g1), local, options = _tiles(be, OC, C)
+        tiles = (g0 // local[0]) * (g1 // local[1])
+        S, R = _splits(N, tiles, SPLIT_TARGET_TILES, OC * C)
+        dst = dweight if S == 1 else be.scratch("split_partials", S * OC * C)
+        args = [dst, dout, inp, *sizes, i32(R), i32(S == 1)]
+        plan.append(("matmul_backward_dweight", (g0, g1, S), (*local, 1), args, options))
+        if S > 1:
+            plan.append(_split_sum(be, "matmul_backward_sum", dweight, dst, OC * C, S))
+    if dbias is not None:  # column sums of dout (N, OC), split over N
+        S, R = _splits(N, OC, SPLIT_TARGET_ITEMS, OC)
+        partial = be.scratch("split_partials", S * OC)
+        grid = (_round_up(OC, ELEMENTWISE_LOCAL), S)
+        args = [partial, dout, i32(N), i32(OC), i32(R)]
+        plan.append(("matmul_backward_dbias", grid, (ELEMENTWISE_LOCAL, 1), args))
+        plan.append(_split_sum(be, "matmul_backward_sum", dbias, partial, OC, S))
     return plan
 
 
@@ -420,14 +711,13 @@ def _embedding_backward(be, bufs, s) -> list[Launch]:
     dweight, dout, ids = bufs
     N, V, C = s["N"], s["V"], s["C"]
     groups = min(EMBEDDING_GROUPS, max(V, 1))
-    return [
-        (
-            "embedding_backward",
-            (C, groups),
-            None,
-            [dweight, dout, ids, i32(N), i32(V), i32(C), i32(groups)],
-        )
-    ]
+    S, R = _splits(N, C * groups, SPLIT_TARGET_ITEMS, V * C)
+    dst = dweight if S == 1 else be.scratch("split_partials", S * V * C)
+    args = [dst, dout, ids, i32(N), i32(V), i32(C), i32(groups), i32(R), i32(S == 1)]
+    plan: list[Launch] = [("embedding_backward", (C, groups, S), None, args)]
+    if S > 1:
+        plan.append(_split_sum(be, "embedding_backward_sum", dweight, dst, V * C, S))
+    return plan
 
 
 def _add_forward(be, bufs, s) -> list[Launch]:
@@ -454,7 +744,7 @@ def _layernorm_forward(be, bufs, s) -> list[Launch]:
         (
             "layernorm_forward",
             *_rows(be, N, C),
-            [out, mean, rstd, inp, weight, bias, i32(N), i32(C)],
+            [out, mean, rstd, inp, weight, bias, i32(N), i32(C), f32(1.0 / C)],
         )
     ]
 
@@ -464,11 +754,16 @@ def _layernorm_backward(be, bufs, s) -> list[Launch]:
     N, C = s["N"], s["C"]
     plan = []
     if dinp is not None:
-        args = [dinp, dout, inp, weight, mean, rstd, i32(N), i32(C)]
+        args = [dinp, dout, inp, weight, mean, rstd, i32(N), i32(C), f32(1.0 / C)]
         plan.append(("layernorm_backward_dinp", *_rows(be, N, C), args))
-    if dweight is not None or dbias is not None:
-        args = [dweight, dbias, dout, inp, mean, rstd, i32(N), i32(C)]
-        plan.append(("layernorm_backward_dparams", *_elementwise(C), args))
+    if dweight is not None or dbias is not None:  # column sums over N, split over N
+        S, R = _splits(N, C, SPLIT_TARGET_ITEMS, 2 * C)
+        partial = be.scratch("split_partials", 2 * S * C)
+        grid = (_round_up(C, ELEMENTWISE_LOCAL), S)
+        args = [partial, dout, inp, mean, rstd, i32(N), i32(C), i32(R)]
+        plan.append(("layernorm_backward_dparams", grid, (ELEMENTWISE_LOCAL, 1), args))
+        args = [dweight, dbias, partial, i32(C), i32(S)]
+        plan.append(("layernorm_backward_dparams_sum", *_elementwise(C), args))
     return plan
 
 
@@ -625,14 +920,17 @@ STEMS: dict[str, str] = {
     "matmul_backward_dinp": "matmul",
     "matmul_backward_dweight": "matmul",
     "matmul_backward_dbias": "matmul",
+    "matmul_backward_sum": "matmul",
     "embedding_forward": "embedding",
     "embedding_backward": "embedding",
+    "embedding_backward_sum": "embedding",
     "add_forward": "add",
     "add_backward_da": "add",
     "add_backward_db": "add",
     "layernorm_forward": "layernorm",
     "layernorm_backward_dinp": "layernorm",
     "layernorm_backward_dparams": "layernorm",
+    "layernorm_backward_dparams_sum": "layernorm",
     "gelu_forward": "gelu",
     "gelu_backward": "gelu",
     "attention_forward": "attention",

@@ -50,6 +50,19 @@ def test_every_id_the_same(backend, rng):
     assert not grads[1][[0, 1, 2]].any()
 
 
+@pytest.mark.parametrize("N,V,C", [(1000, 3, 2), (4099, 37, 5), (300, 1, 70)])
+def test_backward_over_many_ids_adds_to_the_table_gradient(backend, rng, N, V, C):
+    # many ids: the OpenCL gather splits the ids into partial tables summed in a fixed order
+    ids = rng.integers(0, V, N).astype(np.int32)
+    dout = rng.standard_normal((N, C))
+    dweight = backend.from_numpy(np.ones(V * C, np.float32))
+    bufs = [backend.from_numpy(a) for a in (dout.astype(np.float32).reshape(-1), ids)]
+    for _ in range(2):  # twice: partials must not leak from one call into the next
+        backend.run("embedding_backward", dweight, *bufs, N=N, V=V, C=C)
+    want = 1 + 2 * ref.embedding_backward(dout, ids, V)
+    assert_close(backend.to_numpy(dweight).reshape(V, C).astype(np.float64), want, 1e-3, "dweight")
+
+
 @pytest.mark.parametrize("N,V,C", [(1, 1, 1), (7, 3, 17), (127, 5, 3)])
 def test_directional_derivative(backend, rng, N, V, C):
     ids = rng.integers(0, V, N).astype(np.int32)

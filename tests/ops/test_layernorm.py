@@ -56,6 +56,38 @@ def test_matches_reference(backend, lead, N, C, bias, offset, seed):
             assert_close(got, want, 1e-3, name)
 
 
+def test_single_channel_rows_normalise_to_exactly_zero(backend):
+    # at C = 1 every row is its own mean: the output is the bias and dinp is 0, exactly, on any driver
+    # (the mean must not come from a division a driver may round loosely)
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((9, 1)) * 100 + 3).astype(np.float32)
+    w, b = rng.standard_normal(1).astype(np.float32), rng.standard_normal(1).astype(np.float32)
+    dout = rng.standard_normal(x.shape).astype(np.float32)
+    out, (dx, _, db) = run_op(backend, layernorm, [x, w, b], (0, 1, 2), dout)
+    assert np.array_equal(out, np.broadcast_to(b, x.shape))
+    assert np.array_equal(dx, np.zeros_like(x))
+    assert np.allclose(db, dout.sum(0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("N,C", [(1000, 3), (4099, 17), (300, 130)])
+@pytest.mark.parametrize("which", ["both", "dweight", "dbias"])
+def test_parameter_gradients_over_many_rows_accumulate(backend, rng, N, C, which):
+    # many rows: the OpenCL column sums split into partials; each gradient asked for adds its sum
+    x, w = rng.standard_normal((N, C)), rng.standard_normal(C)
+    b, dout = rng.standard_normal(C), rng.standard_normal((N, C))
+    _, dw, db = ref.layernorm_backward(dout, x, w, b)
+    mean, rstd = x.mean(1), 1 / np.sqrt(x.var(1) + 1e-5)
+    up = lambda a: backend.from_numpy(np.ascontiguousarray(a, np.float32).reshape(-1))  # noqa: E731
+    dweight = up(np.ones(C)) if which != "dbias" else None
+    dbias = up(np.ones(C)) if which != "dweight" else None
+    inputs = [up(a) for a in (dout, x, w, mean, rstd)]
+    backend.run("layernorm_backward", None, dweight, dbias, *inputs, N=N, C=C)
+    if dweight is not None:
+        assert_close(backend.to_numpy(dweight).astype(np.float64), dw + 1, 1e-3, "dweight")
+    if dbias is not None:
+        assert_close(backend.to_numpy(dbias).astype(np.float64), db + 1, 1e-3, "dbias")
+
+
 @pytest.mark.parametrize("shape", [(1, 1), (7, 3), (2, 3, 17), (3, 127)])
 @pytest.mark.parametrize("bias", [True, False])
 def test_directional_derivative(backend, rng, shape, bias):

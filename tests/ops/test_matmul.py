@@ -107,10 +107,12 @@ def test_no_input_channels_is_a_shape_error(backend):
         matmul(Tensor.zeros((3, 0), backend), Tensor.zeros((5, 0), backend))
 
 
-@pytest.mark.parametrize("N, C, OC", [(1, 1, 1), (7, 3, 17), (70, 45, 33)])
+@pytest.mark.parametrize(
+    "N, C, OC", [(1, 1, 1), (7, 3, 17), (70, 45, 33), (1000, 5, 3), (4099, 17, 9), (300, 70, 130)]
+)
 def test_backward_kernel_overwrites_or_accumulates_dinp(backend, rng, N, C, OC):
     # accumulate_dinp=0 must never read dinp (the graph hands it uninitialised); dweight and dbias
-    # always accumulate
+    # always accumulate, also where many rows split their sums into partials (OpenCL)
     x, w = rng.standard_normal((N, C)), rng.standard_normal((OC, C))
     dout = rng.standard_normal((N, OC))
     dx, dw, db = ref.matmul_backward(dout, x, w, np.zeros(OC))
