@@ -199,8 +199,14 @@ OMP_WAIT: dict[str, dict[str, str | None]] = {
 }
 
 
+# OpenMP's wait settings as the user gave them: importing femto here (cpu_record) sets femto's own
+# default in this process, which a PyTorch worker must not inherit (its bundled libgomp reads them)
+USER_WAIT = {var: os.environ.get(var) for var in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+
+
 def worker_env(threads: int, extra: dict[str, str | None] | None = None) -> dict[str, str]:
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k not in USER_WAIT}
+    env.update({k: v for k, v in USER_WAIT.items() if v is not None})
     for var in THREAD_VARS:
         env[var] = str(threads)
     for var, value in (extra or {}).items():

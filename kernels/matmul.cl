@@ -4,16 +4,12 @@
 
 #include "reduce.h"
 
-// The tile shape comes from -D build options (femto/backend/opencl.py's matmul tuner picks it per
-// device and shape class); these defaults are the fallback.
-#ifndef TILE
-#define TILE 64            // side of a work-group's square output tile
-#endif
-#ifndef TK
-#define TK 16              // K step: local memory holds A (TILE x TK) and B (TK x TILE)
-#endif
-#ifndef WPT
-#define WPT 8              // each work-item keeps WPT x WPT outputs in registers, strided by RTS
+// The tile shape comes from -D build options (femto/backend/opencl.py: MATMUL_DEFAULT, or the matmul
+// tuner's choice per device and shape class): TILE is the side of a work-group's square output tile,
+// TK the K step (local memory holds A (TILE x TK) and B (TK x TILE)), and each work-item keeps
+// WPT x WPT outputs in registers, strided by RTS.
+#if !defined(TILE) || !defined(TK) || !defined(WPT)
+#error "TILE, TK and WPT come from the build options (femto/backend/opencl.py)"
 #endif
 #if TILE % WPT != 0 || TK < 1
 #error "TILE must be a multiple of WPT and TK at least 1"

@@ -4,7 +4,10 @@
 #ifndef FEMTO_REDUCE_H
 #define FEMTO_REDUCE_H
 
-#define LOCAL_MAX 256
+// the bound of every __local scratch array: femto/backend/opencl.py's REDUCE_LOCAL, as -DLOCAL_MAX
+#ifndef LOCAL_MAX
+#error "LOCAL_MAX comes from the build options (femto/backend/opencl.py)"
+#endif
 
 // tree sum over the work-group; every work-item gets the total
 static float block_sum(float x, __local float* buf) {

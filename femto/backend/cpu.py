@@ -28,12 +28,14 @@ REBUILD_HINT = "rebuild it with `pip install -e .` (or `python build_ffi.py`) in
 
 # OpenMP threads that find no work spin before they sleep (libgomp: 300,000 turns, about a
 # millisecond). Alone on a machine that saves a wake-up per parallel region; beside other busy
-# processes a spinning thread holds the core the thread with work needs, and a step ran 15x slower
-# with one busy process beside it (bench/train_speed.py --load 1 --omp-wait libgomp). So femto's
-# threads sleep at once, unless the user chose a policy. libgomp reads this when it loads, which is
-# when the extension below loads (torch bundles its own copy: importing it first changes nothing).
+# processes a spinning thread holds the core the thread with work needs. Measured on 2 cores
+# (bench/train_speed.py, config A, 2 threads, ms/step quiet / beside one busy process): libgomp's
+# spin 18.0 / 193; sleeping at once (OMP_WAIT_POLICY=PASSIVE) 24.6 / 38.1; 1,000 turns 20.9 / 43.1.
+# So femto's threads spin 1,000 turns, unless the user chose a policy. libgomp reads this when it
+# loads, which is when the extension below loads (torch bundles its own copy, which it leaves alone).
+WAIT_SPINCOUNT = "1000"
 if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    os.environ["GOMP_SPINCOUNT"] = WAIT_SPINCOUNT
 
 try:
     from femto import _cpu

@@ -28,7 +28,8 @@ INSTALL_HINT = (
     "with `pip install pocl-binary-distribution`"
 )
 
-# Work-group size of the reductions; the .cl files declare their __local scratch with the same bound.
+# Work-group size of the reductions; every program is built with -DLOCAL_MAX=REDUCE_LOCAL, the bound
+# the .cl files declare their __local scratch with, so the two cannot drift apart.
 REDUCE_LOCAL = 256
 # matmul tile shapes (TILE, TK, WPT) of kernels/matmul.cl: a work-group computes a TILE x TILE output
 # tile stepping TK along K, each work-item a WPT x WPT block. The default is what runs untuned.
@@ -380,9 +381,12 @@ class OpenCLBackend(Capturing):
     def _program(self, stem: str, extra: tuple[str, ...] = ()) -> Any:
         path = self.kernels_dir / f"{stem}.cl"
         # -I lets kernel files include the shared reduce.h; pyopencl's binary cache follows includes
-        options = " ".join(
-            ("-cl-std=CL1.2", f'-I "{self.kernels_dir}"', *self.build_options, *extra)
-        )
+        # a file's constants come from here as -D options (kernels/*.cl declare none of their own)
+        extra = extra or DEFAULT_OPTIONS.get(stem, ())
+        options = " ".join((
+            "-cl-std=CL1.2", f'-I "{self.kernels_dir}"', f"-DLOCAL_MAX={REDUCE_LOCAL}",
+            *self.build_options, *extra,
+        ))  # fmt: skip
         key = (str(path), options)
         program = self._programs.get(key)
         if program is None:
@@ -422,15 +426,15 @@ class OpenCLBackend(Capturing):
 
     def run(self, name: str, *bufs: Any, **scalars: float) -> None:
         """Enqueue kernel `name` with the C prototype's arguments: buffers (None = NULL), then scalars."""
-        plan = LAUNCHES.get(name)
-        if plan is None:
+        launches = LAUNCHES.get(name)
+        if launches is None:
             raise KeyError(f"no OpenCL kernel {name!r}; known: {', '.join(sorted(LAUNCHES))}")
         for buf in bufs:
             if buf is not None and not isinstance(buf, CLBuffer):
                 raise TypeError(
                     f"{name}: got {type(buf).__name__}, expected a buffer of this backend"
                 )
-        for cl_name, global_size, local_size, args, *extra in plan(self, bufs, scalars):
+        for cl_name, global_size, local_size, args, *extra in launches(self, bufs, scalars):
             if 0 in global_size:
                 continue
             cl_args = [arg.buf if isinstance(arg, CLBuffer) else arg for arg in args]
@@ -613,7 +617,8 @@ def tune_matmul(
 
 
 # ---- launch table: C kernel name -> the CL kernels it enqueues ----
-# Each plan gets (backend, buffers as passed to run, scalars by keyword) and returns Launch tuples.
+# Each launch function gets (backend, buffers as passed to run, scalars by keyword) and returns the
+# Launch tuples it enqueues (a KernelPlan is something else: a recording of launches to replay).
 # Sizes travel as np.int32 because pyopencl rejects a bare Python int for an `int` argument.
 
 i32, u32, f32 = np.int32, np.uint32, np.float32
@@ -642,10 +647,13 @@ def _tiles(be: OpenCLBackend, rows: int, cols: int):
 
 
 def matmul_options(params: tuple[int, int, int]) -> tuple[str, ...]:
-    if params == MATMUL_DEFAULT:
-        return ()  # the file's own defaults: one program shared with dbias and the sums
+    """The -D options that give kernels/matmul.cl its tile shape."""
     tile, tk, wpt = params
     return (f"-DTILE={tile}", f"-DTK={tk}", f"-DWPT={wpt}")
+
+
+# build options of a file's launches that name none (matmul's dbias and sums share the default tiles)
+DEFAULT_OPTIONS = {"matmul": matmul_options(MATMUL_DEFAULT)}
 
 
 def _splits(rows: int, outputs: int, target: int, partial_size: int) -> tuple[int, int]:
@@ -677,28 +685,28 @@ def _matmul_backward(be, bufs, s) -> list[Launch]:
     dinp, dweight, dbias, dout, inp, weight = bufs
     N, C, OC = s["N"], s["C"], s["OC"]
     sizes = [i32(N), i32(C), i32(OC)]
-    plan = []
+    launches = []
     if dinp is not None:  # (N, C) (+)= dout (N, OC) @ weight (OC, C)
         args = [dinp, dout, weight, *sizes, i32(s["accumulate_dinp"])]
         grid, local, options = _tiles(be, N, C)
-        plan.append(("matmul_backward_dinp", grid, local, args, options))
+        launches.append(("matmul_backward_dinp", grid, local, args, options))
     if dweight is not None:  # (OC, C) += dout^T (OC, N) @ inp (N, C), split-K over N
         (g0, g1), local, options = _tiles(be, OC, C)
         tiles = (g0 // local[0]) * (g1 // local[1])
         S, R = _splits(N, tiles, SPLIT_TARGET_TILES, OC * C)
         dst = dweight if S == 1 else be.scratch("split_partials", S * OC * C)
         args = [dst, dout, inp, *sizes, i32(R), i32(S == 1)]
-        plan.append(("matmul_backward_dweight", (g0, g1, S), (*local, 1), args, options))
+        launches.append(("matmul_backward_dweight", (g0, g1, S), (*local, 1), args, options))
         if S > 1:
-            plan.append(_split_sum(be, "matmul_backward_sum", dweight, dst, OC * C, S))
+            launches.append(_split_sum(be, "matmul_backward_sum", dweight, dst, OC * C, S))
     if dbias is not None:  # column sums of dout (N, OC), split over N
         S, R = _splits(N, OC, SPLIT_TARGET_ITEMS, OC)
         partial = be.scratch("split_partials", S * OC)
         grid = (_round_up(OC, ELEMENTWISE_LOCAL), S)
         args = [partial, dout, i32(N), i32(OC), i32(R)]
-        plan.append(("matmul_backward_dbias", grid, (ELEMENTWISE_LOCAL, 1), args))
-        plan.append(_split_sum(be, "matmul_backward_sum", dbias, partial, OC, S))
-    return plan
+        launches.append(("matmul_backward_dbias", grid, (ELEMENTWISE_LOCAL, 1), args))
+        launches.append(_split_sum(be, "matmul_backward_sum", dbias, partial, OC, S))
+    return launches
 
 
 def _embedding_forward(be, bufs, s) -> list[Launch]:
@@ -714,10 +722,10 @@ def _embedding_backward(be, bufs, s) -> list[Launch]:
     S, R = _splits(N, C * groups, SPLIT_TARGET_ITEMS, V * C)
     dst = dweight if S == 1 else be.scratch("split_partials", S * V * C)
     args = [dst, dout, ids, i32(N), i32(V), i32(C), i32(groups), i32(R), i32(S == 1)]
-    plan: list[Launch] = [("embedding_backward", (C, groups, S), None, args)]
+    launches: list[Launch] = [("embedding_backward", (C, groups, S), None, args)]
     if S > 1:
-        plan.append(_split_sum(be, "embedding_backward_sum", dweight, dst, V * C, S))
-    return plan
+        launches.append(_split_sum(be, "embedding_backward_sum", dweight, dst, V * C, S))
+    return launches
 
 
 def _add_forward(be, bufs, s) -> list[Launch]:
@@ -729,12 +737,12 @@ def _add_forward(be, bufs, s) -> list[Launch]:
 def _add_backward(be, bufs, s) -> list[Launch]:
     da, db, dout = bufs
     N, M = s["N"], s["M"]
-    plan = []
+    launches = []
     if da is not None:
-        plan.append(("add_backward_da", *_elementwise(N), [da, dout, i32(N), i32(M)]))
+        launches.append(("add_backward_da", *_elementwise(N), [da, dout, i32(N), i32(M)]))
     if db is not None:
-        plan.append(("add_backward_db", *_elementwise(M), [db, dout, i32(N), i32(M)]))
-    return plan
+        launches.append(("add_backward_db", *_elementwise(M), [db, dout, i32(N), i32(M)]))
+    return launches
 
 
 def _layernorm_forward(be, bufs, s) -> list[Launch]:
@@ -752,19 +760,19 @@ def _layernorm_forward(be, bufs, s) -> list[Launch]:
 def _layernorm_backward(be, bufs, s) -> list[Launch]:
     dinp, dweight, dbias, dout, inp, weight, mean, rstd = bufs
     N, C = s["N"], s["C"]
-    plan = []
+    launches = []
     if dinp is not None:
         args = [dinp, dout, inp, weight, mean, rstd, i32(N), i32(C), f32(1.0 / C)]
-        plan.append(("layernorm_backward_dinp", *_rows(be, N, C), args))
+        launches.append(("layernorm_backward_dinp", *_rows(be, N, C), args))
     if dweight is not None or dbias is not None:  # column sums over N, split over N
         S, R = _splits(N, C, SPLIT_TARGET_ITEMS, 2 * C)
         partial = be.scratch("split_partials", 2 * S * C)
         grid = (_round_up(C, ELEMENTWISE_LOCAL), S)
         args = [partial, dout, inp, mean, rstd, i32(N), i32(C), i32(R)]
-        plan.append(("layernorm_backward_dparams", grid, (ELEMENTWISE_LOCAL, 1), args))
+        launches.append(("layernorm_backward_dparams", grid, (ELEMENTWISE_LOCAL, 1), args))
         args = [dweight, dbias, partial, i32(C), i32(S)]
-        plan.append(("layernorm_backward_dparams_sum", *_elementwise(C), args))
-    return plan
+        launches.append(("layernorm_backward_dparams_sum", *_elementwise(C), args))
+    return launches
 
 
 def _gelu_forward(be, bufs, s) -> list[Launch]:

@@ -21,7 +21,10 @@ def policy_in_child(**env) -> str:
     base = {
         k: v for k, v in child_env({}).items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
     }
-    code = "import os, femto; print(os.environ.get('OMP_WAIT_POLICY', '-'))"
+    code = (
+        "import os, femto; "
+        "print(os.environ.get('OMP_WAIT_POLICY', '-'), os.environ.get('GOMP_SPINCOUNT', '-'))"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code],
         env={**base, **env},
@@ -34,7 +37,11 @@ def policy_in_child(**env) -> str:
 
 @pytest.mark.parametrize(
     ("env", "policy"),
-    [({}, "PASSIVE"), ({"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE"), ({"GOMP_SPINCOUNT": "5000"}, "-")],
+    [
+        ({}, "- 1000"),
+        ({"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE -"),
+        ({"GOMP_SPINCOUNT": "5000"}, "- 5000"),
+    ],
 )
 def test_wait_policy_default_yields_to_the_user(env, policy):
     assert policy_in_child(**env) == policy
@@ -51,10 +58,12 @@ def test_load_processes_spin_and_stop():
 
 def test_omp_wait_choices_reach_the_worker_environment(monkeypatch):
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    monkeypatch.setitem(train_speed.USER_WAIT, "OMP_WAIT_POLICY", "PASSIVE")  # as if given at start
     env = train_speed.worker_env(2, train_speed.OMP_WAIT["libgomp"])
     assert "OMP_WAIT_POLICY" not in env and env["GOMP_SPINCOUNT"] == "300000"
     assert env["OMP_NUM_THREADS"] == "2"
-    assert train_speed.worker_env(1, train_speed.OMP_WAIT["femto"])["OMP_WAIT_POLICY"] == "PASSIVE"
+    femto_env = train_speed.worker_env(1, train_speed.OMP_WAIT["femto"])
+    assert femto_env["OMP_WAIT_POLICY"] == "PASSIVE"  # the user's choice passes through
     args = train_speed.parse_args(["--load", "3", "--omp-wait", "passive", "--configs", "a"])
     assert (args.load, args.omp_wait, args.configs) == (3, "passive", ["A"])
     with pytest.raises(SystemExit):
