@@ -169,13 +169,15 @@ class SingleProcess(Communicator):
 
 
 def _local_gpu(local_rank: int) -> str:
-    """'opencl:P:D' of GPU number local_rank modulo this host's GPUs (any device if it has none)."""
-    from femto.backend.opencl import list_devices
+    """'opencl:P:D' of device number local_rank modulo this host's devices of the kind plain
+    --device opencl prefers: its GPUs, else its CPU drivers (never a simulator beside them)."""
+    from femto.backend.opencl import default_device, list_devices
 
     devices = list_devices()
-    gpus = [d for d in devices if "GPU" in str(d.get("type", "")).upper()] or devices
-    if not gpus:
+    best = default_device(devices)
+    if best is None:
         raise BackendUnavailable("--device opencl: no OpenCL device on this host")
+    gpus = [d for d in devices if d["type"] == best["type"]]
     chosen = gpus[local_rank % len(gpus)]
     return f"opencl:{chosen['platform']}:{chosen['device']}"
 
